@@ -1,0 +1,67 @@
+"""``byol``: a table of subcommands → plain ``main(argv) -> int`` functions, imported only when called.
+
+``byol --help`` therefore needs neither torch nor BentoML. Every failure a user can cause ends with one line on
+stderr (``byol <cmd>: error: …``) and a non-zero exit; ``BYOL_DEBUG=1`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+# name → (module:function, one-line help). Each function parses its own arguments.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("training.train:main", "pretrain an encoder with BYOL (presets: fmnist-demo, cifar10, imagenet)"),
+    "eval": ("training.eval:main", "kNN / linear-probe accuracy of an encoder vs raw pixels and random init"),
+    "export": ("training.export:main", "export f_θ to an ONNX bundle, check parity, register it in the model store"),
+    "serve": ("serving.cli:serve_main", "start the BentoML API (embed, search, classify)"),
+    "embed": ("clients.client:embed_main", "embed image files through a running server"),
+    "index": ("serving.indexing:main", "build / extend the FAISS index of a collection (index build|add)"),
+    "search": ("serving.indexing:search_main", "nearest neighbours of an image in the index (+ PNG grid)"),
+    "probe": ("serving.probing:main", "fit a linear probe and kNN classifier on labelled images (probe fit)"),
+    "retrain": ("training.retrain:main", "continue BYOL on new unlabeled images, gate, re-index, promote"),
+    "promote": ("serving.release:promote_main", "make a bundle version the served one"),
+    "rollback": ("serving.release:rollback_main", "go back to the previously served version"),
+    "demo": ("clients.demo:main", "the whole job on Fashion-MNIST: train, eval, export, index, probe, serve"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: byol <command> [options]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "byol <command> --help for a command's options"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"byol: error: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    target, _ = COMMANDS[name]
+    module, func = target.split(":")
+    try:
+        fn = getattr(importlib.import_module(module), func)
+        code = fn(rest)
+    except KeyboardInterrupt:
+        print(f"byol {name}: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit as exc:  # argparse's own errors already printed one line
+        return exc.code if isinstance(exc.code, int) else 1
+    except Exception as exc:
+        if os.environ.get("BYOL_DEBUG"):
+            raise
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"byol {name}: error: {msg}", file=sys.stderr)
+        return 1
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Serving: ONNX Runtime + Pillow + BentoML. Never imports torch."""
