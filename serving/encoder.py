@@ -1,0 +1,81 @@
+"""OnnxEncoder: uint8 images → L2-normalised float32 embeddings with ONNX Runtime (no torch)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from serving.bundle import BundleError, read_bundle
+
+log = logging.getLogger(__name__)
+
+
+def pick_providers() -> list[str]:
+    """CUDA when this ONNX Runtime build has it, CPU always as the fallback."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+class OnnxEncoder:
+    """Wraps one bundle. ``embed`` takes uint8 ``[N, S, S, 3]`` from :func:`serving.image.load_batch`."""
+
+    def __init__(self, bundle_dir: str | os.PathLike, providers: list[str] | None = None,
+                 intra_op_threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        onnx_path, self.manifest = read_bundle(bundle_dir)
+        self.bundle_dir = Path(bundle_dir)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if intra_op_threads:
+            opts.intra_op_num_threads = intra_op_threads
+        try:
+            self.session = ort.InferenceSession(str(onnx_path), opts, providers=providers or pick_providers())
+        except Exception as exc:
+            raise BundleError(f"bundle {bundle_dir}: cannot load {onnx_path.name}: {exc}") from None
+        inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
+        self.input_name, self.output_name = inp.name, out.name
+        dim = out.shape[-1]
+        if isinstance(dim, int) and dim != self.manifest.embedding_dim:
+            raise BundleError(
+                f"bundle {bundle_dir}: ONNX output dim {dim} != manifest embedding_dim {self.manifest.embedding_dim}"
+            )
+        size = inp.shape[1]
+        if isinstance(size, int) and size != self.manifest.input_size:
+            raise BundleError(
+                f"bundle {bundle_dir}: ONNX input size {size} != manifest input_size {self.manifest.input_size}"
+            )
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest.embedding_dim)
+
+    @property
+    def input_size(self) -> int:
+        return int(self.manifest.input_size)
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """uint8 ``[N, S, S, 3]`` → float32 ``[N, D]``, unit L2 norm."""
+        s = self.input_size
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (s, s, 3):
+            raise ValueError(f"expected uint8 [N, {s}, {s}, 3], got {images.dtype} {list(images.shape)}")
+        if len(images) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        out = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(images)})[0]
+        out = out.astype(np.float32, copy=False)
+        if not self.manifest.normalized:
+            out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out

@@ -1,0 +1,45 @@
+"""Where byol-embed keeps its state. One root (``BYOL_HOME``, default ``~/.byol``) so a deployment is one folder.
+
+    $BYOL_HOME/
+      bentoml/                  BentoML model store (unless BENTOML_HOME is set): bundles, one version each
+      indexes/<version>/        the FAISS index built with bundle <version> (never mixed with another)
+      probes/<version>/         linear probe + kNN labels fitted on bundle <version>'s embeddings
+      collection/               the stored collection (images added over HTTP, URIs of indexed files)
+      release.json              which version is served, and the ones before it (rollback)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def home() -> Path:
+    return Path(os.environ.get("BYOL_HOME") or Path.home() / ".byol").expanduser()
+
+
+def bentoml_home() -> Path:
+    """BentoML's store location; set ``BENTOML_HOME`` before bentoml is imported (see :func:`use_store`)."""
+    return Path(os.environ.get("BENTOML_HOME") or home() / "bentoml")
+
+
+def use_store() -> Path:
+    """Point BentoML at our store unless the user chose one; call before ``import bentoml``."""
+    os.environ.setdefault("BENTOML_HOME", str(home() / "bentoml"))
+    return Path(os.environ["BENTOML_HOME"])
+
+
+def index_dir(version: str) -> Path:
+    return home() / "indexes" / version
+
+
+def probe_dir(version: str) -> Path:
+    return home() / "probes" / version
+
+
+def collection_dir() -> Path:
+    return home() / "collection"
+
+
+def release_file() -> Path:
+    return home() / "release.json"
