@@ -8,6 +8,8 @@ FMNIST := /usr/share/datasets/fashion-mnist
 export BYOL_HOME    ?= $(CURDIR)/.byol
 export BENTOML_HOME ?= $(BYOL_HOME)/bentoml
 PORT ?= 3000
+# OpenMP threads that busy-wait starve the other processes of a small box (server workers, test clients).
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: demo test install dataset lint clean
 

@@ -42,6 +42,7 @@ class Manifest:
     parent_version: str | None = None
     metrics: dict = field(default_factory=dict)
     parity: dict = field(default_factory=dict)
+    extra_files: dict = field(default_factory=dict)  # name → sha256 of further graphs (encoder_fp16.onnx)
     created_at: str = ""
     format_version: int = FORMAT_VERSION
     onnx_file: str = ONNX_FILE
@@ -107,6 +108,11 @@ def read_bundle(directory: str | os.PathLike, verify_hash: bool = True) -> tuple
         raise BundleError(f"bundle {directory}: {manifest.onnx_file} is missing")
     if verify_hash and sha256_file(onnx_path) != manifest.onnx_sha256:
         raise BundleError(f"bundle {directory}: {manifest.onnx_file} does not match its manifest hash (corrupt?)")
+    for name, digest in manifest.extra_files.items():
+        if not (directory / name).is_file():
+            raise BundleError(f"bundle {directory}: {name} is missing")
+        if verify_hash and sha256_file(directory / name) != digest:
+            raise BundleError(f"bundle {directory}: {name} does not match its manifest hash (corrupt?)")
     if int(manifest.embedding_dim) <= 0 or int(manifest.input_size) <= 0:
         raise BundleError(f"bundle {directory}: bad embedding_dim/input_size in manifest")
     return onnx_path, manifest

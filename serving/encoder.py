@@ -25,20 +25,39 @@ class OnnxEncoder:
     """Wraps one bundle. ``embed`` takes uint8 ``[N, S, S, 3]`` from :func:`serving.image.load_batch`."""
 
     def __init__(self, bundle_dir: str | os.PathLike, providers: list[str] | None = None,
-                 intra_op_threads: int = 0) -> None:
+                 intra_op_threads: int = 0, onnx_file: str | None = None) -> None:
+        """``onnx_file`` picks another graph of the bundle (``encoder_fp16.onnx``); ``intra_op_threads`` 0 lets
+        ONNX Runtime use every core, which is right for a dedicated server and wrong beside other workers."""
         import onnxruntime as ort
 
         onnx_path, self.manifest = read_bundle(bundle_dir)
         self.bundle_dir = Path(bundle_dir)
+        if onnx_file is not None:
+            onnx_path = self.bundle_dir / onnx_file
+            if not onnx_path.is_file():
+                raise BundleError(f"bundle {bundle_dir}: {onnx_file} is missing")
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3  # ORT's own warnings would otherwise go to stderr of every CLI command
         if intra_op_threads:
             opts.intra_op_num_threads = intra_op_threads
+        wanted = providers or pick_providers()
         try:
-            self.session = ort.InferenceSession(str(onnx_path), opts, providers=providers or pick_providers())
+            self.session = ort.InferenceSession(str(onnx_path), opts, providers=wanted)
         except Exception as exc:
-            raise BundleError(f"bundle {bundle_dir}: cannot load {onnx_path.name}: {exc}") from None
-        inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BundleError(f"bundle {bundle_dir}: cannot load {onnx_path.name}: {msg}") from None
+        log.info("bundle %s: %s on %s", self.manifest.version, onnx_path.name, ", ".join(self.session.get_providers()))
+        if "CUDAExecutionProvider" in wanted and "CUDAExecutionProvider" not in self.session.get_providers():
+            log.warning("CUDA was requested but ONNX Runtime fell back to CPU for %s", onnx_path.name)
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(outputs) < 1:
+            raise BundleError(f"bundle {bundle_dir}: {onnx_path.name} must have one input and an output, "
+                              f"has {len(inputs)} and {len(outputs)}")
+        if inputs[0].type != "tensor(uint8)" or len(inputs[0].shape) != 4:
+            raise BundleError(f"bundle {bundle_dir}: {onnx_path.name} input is {inputs[0].type} "
+                              f"{inputs[0].shape}, expected uint8 [N, S, S, 3]")
+        inp, out = inputs[0], outputs[0]
         self.input_name, self.output_name = inp.name, out.name
         dim = out.shape[-1]
         if isinstance(dim, int) and dim != self.manifest.embedding_dim:
@@ -76,6 +95,9 @@ class OnnxEncoder:
             return np.zeros((0, self.dim), dtype=np.float32)
         out = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(images)})[0]
         out = out.astype(np.float32, copy=False)
+        if out.shape != (len(images), self.dim):
+            raise BundleError(f"bundle {self.bundle_dir}: ONNX output shape {list(out.shape)} != "
+                              f"[{len(images)}, {self.dim}] from the manifest")
         if not self.manifest.normalized:
             out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out

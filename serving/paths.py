@@ -5,6 +5,9 @@
       indexes/<version>/        the FAISS index built with bundle <version> (never mixed with another)
       probes/<version>/         linear probe + kNN labels fitted on bundle <version>'s embeddings
       collection/               the stored collection (images added over HTTP, URIs of indexed files)
+      checkpoints/<version>.pt  the training state behind each bundle (retrain resumes it)
+      reports/<version>.json    the evaluation-gate report of each retrained candidate
+      retrain/                  retrain runs, lock, and the images already used
       release.json              which version is served, and the ones before it (rollback)
 """
 
@@ -43,3 +46,17 @@ def collection_dir() -> Path:
 
 def release_file() -> Path:
     return home() / "release.json"
+
+
+def checkpoint_file(version: str) -> Path:
+    """The full BYOL training state behind bundle ``version`` (online, target, optimizer): what retrain resumes."""
+    return home() / "checkpoints" / f"{version}.pt"
+
+
+def reports_dir() -> Path:
+    return home() / "reports"
+
+
+def retrain_dir() -> Path:
+    """Retrain runs, the lock, and the record of which new images were already used."""
+    return home() / "retrain"

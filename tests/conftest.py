@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+# Before anything imports torch: OpenMP threads that busy-wait between ops starve the other process of a 2-core
+# box (server + test client, two DDP ranks); measured 1.84 s vs 0.043 s for a tiny resnet step under load.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="byol-test-home-"))
+atexit.register(shutil.rmtree, _SESSION_HOME, ignore_errors=True)
 os.environ["BYOL_HOME"] = str(_SESSION_HOME)
 os.environ["BENTOML_HOME"] = str(_SESSION_HOME / "bentoml")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")

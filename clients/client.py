@@ -1,0 +1,274 @@
+"""HTTP client of the byol-embed API, sync and async, plus ``byol embed``. Imports nothing of ours.
+
+Every method raises :class:`ClientError` (``.status``, ``.message``, ``.url``) when the server answers 4xx/5xx, and
+the same class with ``status=None`` when it cannot be reached or times out, so callers handle one exception type.
+Images are given as a path or as the file's bytes; they are uploaded as multipart files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ImageLike = str | os.PathLike | bytes
+
+
+class ClientError(RuntimeError):
+    """The request failed: ``status`` is the HTTP status (``None`` when no answer came), ``message`` the reason."""
+
+    def __init__(self, message: str, status: int | None, url: str) -> None:
+        super().__init__(f"{url}: {status or 'no answer'}: {message}")
+        self.message, self.status, self.url = message, status, url
+
+
+def _part(image: ImageLike, i: int = 0) -> tuple[str, bytes]:
+    if isinstance(image, bytes | bytearray):
+        return f"image{i}", bytes(image)
+    path = Path(image)
+    try:
+        return path.name, path.read_bytes()
+    except OSError as exc:
+        raise ClientError(f"cannot read {path}: {exc.strerror or exc}", None, str(path)) from None
+
+
+def _message(resp: httpx.Response) -> str:
+    """BentoML answers ``[{"error": m}]``, ``{"error": m, "detail": [...]}`` or plain text; keep what explains it."""
+    try:
+        body = resp.json()
+    except ValueError:
+        return resp.text.strip()[:500] or resp.reason_phrase
+    if isinstance(body, list) and body and isinstance(body[0], dict):
+        body = body[0]
+    if not isinstance(body, dict):
+        return str(body)[:500]
+    msg = str(body.get("error", body))
+    details = [f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg')}" for d in body.get("detail") or []
+               if isinstance(d, dict)]
+    return f"{msg} ({'; '.join(details)})" if details else msg
+
+
+def _check(resp: httpx.Response) -> dict:
+    if resp.status_code >= 400:
+        raise ClientError(_message(resp), resp.status_code, str(resp.request.url))
+    return resp.json()
+
+
+class _Base:
+    def __init__(self, url: str = "http://127.0.0.1:3000", timeout: float = 30.0, token: str | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.token = token
+        self.version: str | None = None  # bundle version that answered the last request
+
+    def _headers(self, admin: bool) -> dict:
+        if not admin:
+            return {}
+        if not self.token:
+            raise ClientError("this call needs the admin token (token=... or BYOL_ADMIN_TOKEN)", None, self.url)
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def _seen(self, body: dict) -> dict:
+        self.version = body.get("version", self.version)
+        return body
+
+    @staticmethod
+    def _files(field: str, images) -> list:
+        return [(field, _part(im, i)) for i, im in enumerate(images)]
+
+
+class EmbeddingClient(_Base):
+    """Blocking client. Use as a context manager (or call :meth:`close`) to release its connection pool."""
+
+    def __init__(self, url: str = "http://127.0.0.1:3000", timeout: float = 30.0, token: str | None = None) -> None:
+        super().__init__(url, timeout, token)
+        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+
+    def __enter__(self) -> EmbeddingClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _call(self, method: str, path: str, admin: bool = False, **kw) -> dict:
+        headers = self._headers(admin)
+        try:
+            resp = self._http.request(method, path, headers=headers, **kw)
+        except httpx.TimeoutException:
+            raise ClientError(f"timed out after {self.timeout} s", None, self.url + path) from None
+        except httpx.HTTPError as exc:
+            raise ClientError(f"cannot reach the server: {exc}", None, self.url + path) from None
+        return self._seen(_check(resp))
+
+    def embed(self, image: ImageLike) -> np.ndarray:
+        """One image → float32 ``[D]`` (server answers ``{"version", "dim", "embedding": [D]}``)."""
+        body = self._call("POST", "/embed", files=self._files("image", [image]))
+        return np.asarray(body["embedding"], dtype=np.float32)
+
+    def embed_batch(self, images: list[ImageLike]) -> np.ndarray:
+        """Several images → float32 ``[N, D]`` in order (``{"version", "dim", "embeddings": [[D]...]}``)."""
+        body = self._call("POST", "/embed_batch", files=self._files("images", images))
+        return np.asarray(body["embeddings"], dtype=np.float32).reshape(len(images), -1)
+
+    def search(self, image: ImageLike, k: int = 10) -> list[dict]:
+        """Neighbours, best first: ``[{"id": int, "score": float (cosine), "metadata": {"uri", "label", ...}}]``."""
+        return self._call("POST", "/search", files=self._files("image", [image]), data={"k": str(k)})["results"]
+
+    def classify(self, image: ImageLike, method: str = "probe") -> dict:
+        """``{"version", "method", "label": str, "probabilities": {class: float}}``; method ``probe`` or ``knn``."""
+        return self._call("POST", "/classify", files=self._files("image", [image]), data={"method": method})
+
+    def info(self) -> dict:
+        """``{"version", "dim", "input_size", "index": {"version", "size", "factory"} | None, "classes", ...}``."""
+        return self._call("GET", "/info")
+
+    def add(self, images: list[ImageLike], labels: list[str] | None = None) -> list[int]:
+        """(admin) Store and index images → their new ids (durable once returned)."""
+        data = {"labels": json.dumps(labels)} if labels is not None else None
+        return self._call("POST", "/index/add", admin=True, files=self._files("images", images), data=data)["ids"]
+
+    def remove(self, ids: list[int]) -> int:
+        """(admin) Remove items by id → how many were removed."""
+        return self._call("POST", "/index/remove", admin=True, json={"ids": [int(i) for i in ids]})["removed"]
+
+    def reload(self, version: str | None = None) -> dict:
+        """(admin) Serve ``version`` (default: the promoted one) → ``{"version", "previous"}``."""
+        return self._call("POST", "/admin/reload", admin=True, json={"version": version or ""})
+
+    def ready(self) -> bool:
+        """True when ``/readyz`` answers 200 (the model is loaded)."""
+        try:
+            return self._http.get("/readyz").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+
+class AsyncEmbeddingClient(_Base):
+    """The same API for asyncio code (``await client.embed(...)``); use ``async with`` or ``await close()``."""
+
+    def __init__(self, url: str = "http://127.0.0.1:3000", timeout: float = 30.0, token: str | None = None,
+                 max_connections: int = 100) -> None:
+        super().__init__(url, timeout, token)
+        self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout,
+                                       limits=httpx.Limits(max_connections=max_connections))
+
+    async def __aenter__(self) -> AsyncEmbeddingClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def _call(self, method: str, path: str, admin: bool = False, **kw) -> dict:
+        headers = self._headers(admin)
+        try:
+            resp = await self._http.request(method, path, headers=headers, **kw)
+        except httpx.TimeoutException:
+            raise ClientError(f"timed out after {self.timeout} s", None, self.url + path) from None
+        except httpx.HTTPError as exc:
+            raise ClientError(f"cannot reach the server: {exc}", None, self.url + path) from None
+        return self._seen(_check(resp))
+
+    async def embed(self, image: ImageLike) -> np.ndarray:
+        """See :meth:`EmbeddingClient.embed`."""
+        body = await self._call("POST", "/embed", files=self._files("image", [image]))
+        return np.asarray(body["embedding"], dtype=np.float32)
+
+    async def embed_batch(self, images: list[ImageLike]) -> np.ndarray:
+        """See :meth:`EmbeddingClient.embed_batch`."""
+        body = await self._call("POST", "/embed_batch", files=self._files("images", images))
+        return np.asarray(body["embeddings"], dtype=np.float32).reshape(len(images), -1)
+
+    async def search(self, image: ImageLike, k: int = 10) -> list[dict]:
+        """See :meth:`EmbeddingClient.search`."""
+        body = await self._call("POST", "/search", files=self._files("image", [image]), data={"k": str(k)})
+        return body["results"]
+
+    async def classify(self, image: ImageLike, method: str = "probe") -> dict:
+        """See :meth:`EmbeddingClient.classify`."""
+        return await self._call("POST", "/classify", files=self._files("image", [image]), data={"method": method})
+
+    async def info(self) -> dict:
+        """See :meth:`EmbeddingClient.info`."""
+        return await self._call("GET", "/info")
+
+    async def add(self, images: list[ImageLike], labels: list[str] | None = None) -> list[int]:
+        """See :meth:`EmbeddingClient.add`."""
+        data = {"labels": json.dumps(labels)} if labels is not None else None
+        body = await self._call("POST", "/index/add", admin=True, files=self._files("images", images), data=data)
+        return body["ids"]
+
+    async def remove(self, ids: list[int]) -> int:
+        """See :meth:`EmbeddingClient.remove`."""
+        body = await self._call("POST", "/index/remove", admin=True, json={"ids": [int(i) for i in ids]})
+        return body["removed"]
+
+    async def reload(self, version: str | None = None) -> dict:
+        """See :meth:`EmbeddingClient.reload`."""
+        return await self._call("POST", "/admin/reload", admin=True, json={"version": version or ""})
+
+
+def _write(out: str, data: bytes) -> None:
+    """Temp file + rename, so an interrupted ``byol embed --out`` never leaves a torn file."""
+    target = Path(out)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent if str(target.parent) else ".")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def embed_main(argv: list[str]) -> int:
+    """``byol embed IMG... [--url U] [--format json|npy] [--out FILE] [--batch N]``."""
+    p = argparse.ArgumentParser(prog="byol embed", description="embed image files through a running byol server")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--url", default=os.environ.get("BYOL_URL", "http://127.0.0.1:3000"))
+    p.add_argument("--format", choices=["json", "npy"], default="json")
+    p.add_argument("--out", help="output file (required for npy; json goes to stdout without it)")
+    p.add_argument("--batch", type=int, default=64, help="images per request (server limit: 256)")
+    p.add_argument("--timeout", type=float, default=60.0)
+    args = p.parse_args(argv)
+    if args.format == "npy" and not args.out:
+        p.error("--format npy needs --out FILE")
+    if args.batch < 1:
+        p.error("--batch must be >= 1")
+    chunks = []
+    with EmbeddingClient(args.url, timeout=args.timeout) as client:
+        for start in range(0, len(args.images), args.batch):
+            chunks.append(client.embed_batch(args.images[start:start + args.batch]))
+        version = client.version
+    vectors = np.concatenate(chunks)
+    if args.format == "npy":
+        import io
+
+        buf = io.BytesIO()
+        np.save(buf, vectors)
+        _write(args.out, buf.getvalue())
+    else:
+        doc = {"version": version, "dim": int(vectors.shape[1]),
+               "items": [{"file": f, "embedding": v.tolist()} for f, v in zip(args.images, vectors, strict=True)]}
+        text = json.dumps(doc) + "\n"
+        if args.out:
+            _write(args.out, text.encode())
+        else:
+            sys.stdout.write(text)
+    if args.out:
+        print(f"{len(vectors)} embeddings ({vectors.shape[1]}-d, version {version}) → {args.out}", file=sys.stderr)
+    return 0

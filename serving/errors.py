@@ -1,0 +1,47 @@
+"""HTTP errors of the service, as BentoML exceptions that answer with the right status.
+
+BentoML 1.4.39 quirks these classes are written for (shared/ENVIRONMENT.md): ``error_code`` must be an
+``http.HTTPStatus`` member (a plain int makes BentoML's own handler fail and the request hang); 401/403 bodies are
+replaced by ``{"error": "Authorization error"}``; other 4xx bodies are ``[{"error": "<message>"}]``; 5xx bodies lose
+the message, so every failure a caller can act on is a 4xx.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from bentoml.exceptions import BentoMLException, InvalidArgument
+
+
+class BadRequest(InvalidArgument):
+    """400: the upload or a parameter is wrong (not an image, bad ``k``, unknown method...)."""
+
+
+class Unauthorized(BentoMLException):
+    """401: an admin endpoint was called without the bearer token, or with a wrong one."""
+
+    error_code = HTTPStatus.UNAUTHORIZED
+
+
+class Forbidden(BentoMLException):
+    """403: admin endpoints are disabled because the server has no admin token configured."""
+
+    error_code = HTTPStatus.FORBIDDEN
+
+
+class NotFoundError(BentoMLException):
+    """404: a model version asked for by ``/admin/reload`` is not in the model store."""
+
+    error_code = HTTPStatus.NOT_FOUND
+
+
+class Conflict(BentoMLException):
+    """409: the request is valid but the loaded version lacks what it needs (no index, no probe)."""
+
+    error_code = HTTPStatus.CONFLICT
+
+
+class TooLarge(BentoMLException):
+    """413: more images in one request than the server accepts."""
+
+    error_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE

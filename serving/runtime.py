@@ -1,0 +1,224 @@
+"""The loaded model triple — encoder + index + classifiers of ONE bundle version — as one immutable object.
+
+The service holds a single :class:`Runtime` reference. Each request takes that reference once, at its start, and
+answers entirely from it, so a hot swap (``/admin/reload``) never mixes an encoder of one version with an index or
+probe of another, and every response can name the version that produced it. Torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+
+from serving import paths
+from serving.batching import MicroBatcher
+from serving.bundle import BundleError
+from serving.encoder import OnnxEncoder
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH_SIZE = 64  # images per ONNX Runtime call made by the micro-batcher
+MAX_WAIT_MS = 2.0  # longest a lone request waits for others to share its model call
+
+
+def resolve_tag(explicit: str | None = None) -> str:
+    """Which bundle to serve: an explicit tag, else ``$BYOL_MODEL_TAG``, else the promoted release, else latest."""
+    if explicit:
+        return explicit
+    if os.environ.get("BYOL_MODEL_TAG"):
+        return os.environ["BYOL_MODEL_TAG"]
+    return promoted_tag()
+
+
+def promoted_tag() -> str:
+    """The version ``release.json`` names as current, else ``latest`` (what ``/admin/reload`` loads by default)."""
+    release = paths.release_file()
+    if release.is_file():
+        try:
+            current = json.loads(release.read_text()).get("current")
+        except (json.JSONDecodeError, AttributeError) as exc:
+            raise BundleError(f"{release} is not valid JSON with a 'current' version: {exc}") from None
+        if current:
+            return str(current)
+    return "latest"
+
+
+class _IndexCache:
+    """Open durable indexes by version. An index directory takes a write lock per open, so a reload to a version
+    already open in this process (same version, or a rollback) must reuse the open object, not open it twice."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    def get(self, version: str, dim: int):
+        """The open index of ``version``, or ``(None, why)`` when none was built."""
+        with self._lock:
+            if version in self._open:
+                return self._open[version], ""
+            directory = paths.index_dir(version)
+            if not (directory / "CURRENT").is_file():
+                return None, f"no index for version {version}; run 'byol index build --model {version}'"
+            from index.durable import DurableIndex
+
+            idx = DurableIndex.open(directory, dim=dim, encoder_version=version)
+            self._open[version] = idx
+            return idx, ""
+
+    def close_all(self) -> None:
+        with self._lock:
+            for idx in self._open.values():
+                idx.close()
+            self._open.clear()
+
+
+INDEXES = _IndexCache()
+
+
+def _load_classifiers(version: str) -> tuple[object | None, object | None, str]:
+    directory = paths.probe_dir(version)
+    if not directory.is_dir():
+        return None, None, f"no probe for version {version}; run 'byol probe fit --model {version}'"
+    from index.knn import KNN_JSON, KnnClassifier
+    from index.probe import PROBE_JSON, LinearProbe
+
+    probe = LinearProbe.load(directory, version) if (directory / PROBE_JSON).is_file() else None
+    knn = KnnClassifier.load(directory, version) if (directory / KNN_JSON).is_file() else None
+    return probe, knn, "" if (probe or knn) else f"probe directory {directory} holds no classifier"
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """One version's encoder, index and classifiers, plus the batcher that feeds its encoder."""
+
+    encoder: OnnxEncoder
+    index: object | None  # index.durable.DurableIndex
+    probe: object | None  # index.probe.LinearProbe
+    knn: object | None  # index.knn.KnnClassifier
+    missing: dict[str, str]  # component → why it is absent (the message a 409 carries)
+    batcher: MicroBatcher = field(repr=False)
+    loaded_at: str = ""
+
+    @property
+    def version(self) -> str:
+        return self.encoder.version
+
+    @property
+    def dim(self) -> int:
+        return self.encoder.dim
+
+    @property
+    def input_size(self) -> int:
+        return self.encoder.input_size
+
+    async def embed(self, images: np.ndarray) -> np.ndarray:
+        """uint8 ``[N,S,S,3]`` → float32 ``[N,D]`` through this version's micro-batcher."""
+        return await self.batcher.submit(images)
+
+    def classifier(self, method: str):
+        """``probe`` or ``knn`` → the classifier, or ``(None, why)``."""
+        clf = {"probe": self.probe, "knn": self.knn}[method]
+        if clf is None:
+            return None, self.missing.get(method) or f"no {method} classifier for version {self.version}"
+        return clf, ""
+
+    def info(self) -> dict:
+        m = self.encoder.manifest
+        classes = None
+        for clf in (self.probe, self.knn):
+            if clf is not None:
+                classes = [str(c) for c in clf.classes]
+                break
+        return {
+            "version": self.version,
+            "dim": self.dim,
+            "input_size": self.input_size,
+            "architecture": m.architecture,
+            "parent_version": m.parent_version,
+            "created_at": m.created_at,
+            "metrics": m.metrics,
+            "providers": self.encoder.providers,
+            "loaded_at": self.loaded_at,
+            "index": None if self.index is None else {
+                "version": self.index.encoder_version, "size": len(self.index), "factory": self.index.factory},
+            "classes": classes,
+            "classifiers": [name for name, c in (("probe", self.probe), ("knn", self.knn)) if c is not None],
+            "missing": self.missing,
+            "batching": {"max_batch_size": self.batcher.max_batch_size,
+                         "max_wait_ms": self.batcher.max_wait_s * 1000.0,
+                         "recent_batches": len(self.batcher.batch_sizes),
+                         "recent_mean_batch": float(np.mean(self.batcher.batch_sizes)) if self.batcher.batch_sizes
+                         else 0.0},
+        }
+
+    def close(self) -> None:
+        """Stop the batcher's worker (in-flight requests still get answers; indexes stay open in the cache)."""
+        self.batcher.close()
+
+
+def check_bundle(tag: str) -> str:
+    """Resolve and test-run the bundle a server would load; returns its version or raises ``BundleError``.
+
+    Cheap enough to run before a server starts, so a missing or corrupt bundle ends with one line there.
+    """
+    from serving.store import bundle_path
+
+    encoder = OnnxEncoder(bundle_path(tag))
+    _test_run(encoder)
+    return encoder.version
+
+
+def _test_run(encoder: OnnxEncoder) -> None:
+    """A graph that loads but cannot run (or answers the wrong shape) must fail now, not on the first request."""
+    img = np.zeros((1, encoder.input_size, encoder.input_size, 3), dtype=np.uint8)
+    try:
+        out = encoder.embed(img)
+    except Exception as exc:
+        raise BundleError(f"bundle {encoder.version}: the encoder fails on a test image: {exc}") from None
+    if out.shape != (1, encoder.dim) or not np.all(np.isfinite(out)):
+        raise BundleError(f"bundle {encoder.version}: the encoder returns {list(out.shape)} (expected "
+                          f"[1, {encoder.dim}]) or non-finite values")
+
+
+def load_runtime(tag: str, *, max_batch_size: int = MAX_BATCH_SIZE, max_wait_ms: float = MAX_WAIT_MS) -> Runtime:
+    """Load everything one version needs; raise :class:`BundleError` (one line) when the bundle is unusable.
+
+    A missing index or probe is not an error here (embedding still works); the endpoints needing them answer 409
+    with the reason. A *present but mismatched* index or probe is an error: it would answer with wrong results.
+    """
+    from serving.store import bundle_path
+
+    encoder = OnnxEncoder(bundle_path(tag))
+    version = encoder.version
+    _test_run(encoder)
+    missing: dict[str, str] = {}
+    try:
+        index, why = INDEXES.get(version, encoder.dim)
+    except ImportError as exc:
+        index, why = None, f"index support is not installed: {exc}"
+    except ValueError as exc:  # IndexStoreError / VersionMismatchError are ValueErrors
+        raise BundleError(f"index for version {version} cannot be used: {exc}") from None
+    if why:
+        missing["index"] = why
+    try:
+        probe, knn, why = _load_classifiers(version)
+    except ImportError as exc:
+        probe, knn, why = None, None, f"classifier support is not installed: {exc}"
+    except ValueError as exc:
+        raise BundleError(f"probe for version {version} cannot be used: {exc}") from None
+    if probe is None:
+        missing["probe"] = why or f"no linear probe for version {version}; run 'byol probe fit --model {version}'"
+    if knn is None:
+        missing["knn"] = why or f"no kNN classifier for version {version}; run 'byol probe fit --model {version}'"
+    log.info("loaded bundle %s (dim %d, input %d px, providers %s); index: %s; classifiers: %s",
+             version, encoder.dim, encoder.input_size, encoder.providers,
+             "none" if index is None else f"{len(index)} items", [k for k in ("probe", "knn") if k not in missing])
+    return Runtime(encoder=encoder, index=index, probe=probe, knn=knn, missing=missing,
+                   batcher=MicroBatcher(encoder.embed, max_batch_size, max_wait_ms),
+                   loaded_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))

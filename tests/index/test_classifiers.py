@@ -1,0 +1,107 @@
+"""LinearProbe and KnnClassifier: beat chance on a separable set, round-trip, refuse another encoder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from index.knn import KnnClassifier
+from index.probe import LinearProbe
+from index.vector_index import IndexStoreError, VersionMismatchError
+
+V = "enc-v1"
+CLASSES = ["a", "b", "c", "d"]
+
+
+def separable(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Four classes around four directions of a 16-d sphere, with enough noise to make neighbours differ."""
+    rng = np.random.default_rng(seed)
+    centers = np.eye(16, dtype=np.float32)[:4] * 2.0
+    y = rng.integers(0, 4, n)
+    x = centers[y] + rng.normal(scale=0.6, size=(n, 16)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True), y
+
+
+@pytest.fixture(scope="module")
+def data():
+    return separable(600), separable(200, seed=1)
+
+
+def accuracy(model, x, y) -> float:
+    return float((model.predict_proba(x).argmax(1) == y).mean())
+
+
+def test_linear_probe_beats_chance(data):
+    (xtr, ytr), (xte, yte) = data
+    assert accuracy(LinearProbe.fit(xtr, ytr, CLASSES, V), xte, yte) > 0.8
+
+
+def test_knn_beats_chance(data):
+    (xtr, ytr), (xte, yte) = data
+    assert accuracy(KnnClassifier(xtr, ytr, CLASSES, k=20), xte, yte) > 0.8
+
+
+@pytest.mark.parametrize("make", ["probe", "knn"])
+def test_probabilities_are_distributions(data, make):
+    (xtr, ytr), (xte, _) = data
+    model = LinearProbe.fit(xtr, ytr, CLASSES) if make == "probe" else KnnClassifier(xtr, ytr, CLASSES)
+    p = model.predict_proba(xte)
+    assert p.shape == (len(xte), 4) and np.allclose(p.sum(1), 1.0) and (p >= 0).all()
+
+
+def test_probe_gives_unseen_classes_no_probability(data):
+    (xtr, ytr), (xte, _) = data
+    keep = ytr < 3
+    p = LinearProbe.fit(xtr[keep], ytr[keep], CLASSES).predict_proba(xte)
+    assert p[:, 3].max() < 1e-6
+
+
+def test_binary_probe_matches_two_class_labels():
+    x, y = separable(300)
+    keep = y < 2
+    probe = LinearProbe.fit(x[keep], y[keep], ["a", "b"])
+    assert (probe.predict(x[keep]) == y[keep]).mean() > 0.9
+
+
+def test_probe_save_load_round_trip(tmp_path, data):
+    (xtr, ytr), (xte, _) = data
+    probe = LinearProbe.fit(xtr, ytr, CLASSES, V)
+    probe.save(tmp_path)
+    back = LinearProbe.load(tmp_path, V)
+    assert back.classes == CLASSES and np.allclose(back.predict_proba(xte), probe.predict_proba(xte))
+
+
+def test_knn_save_load_round_trip(tmp_path, data):
+    (xtr, ytr), (xte, _) = data
+    knn = KnnClassifier(xtr, ytr, CLASSES, k=7, temperature=0.1, encoder_version=V)
+    knn.save(tmp_path)
+    back = KnnClassifier.load(tmp_path, V)
+    assert (back.k, back.temperature) == (7, 0.1) and np.allclose(back.predict_proba(xte), knn.predict_proba(xte))
+
+
+@pytest.mark.parametrize("cls", [LinearProbe, KnnClassifier])
+def test_loading_for_another_encoder_is_refused(tmp_path, data, cls):
+    (xtr, ytr), _ = data
+    model = LinearProbe.fit(xtr, ytr, CLASSES, V) if cls is LinearProbe else KnnClassifier(xtr, ytr, CLASSES,
+                                                                                             encoder_version=V)
+    model.save(tmp_path)
+    with pytest.raises(VersionMismatchError, match="byol probe fit"):
+        cls.load(tmp_path, "enc-v2")
+
+
+@pytest.mark.parametrize("cls", [LinearProbe, KnnClassifier])
+def test_loading_from_an_empty_dir_raises(tmp_path, cls):
+    with pytest.raises(IndexStoreError, match="no "):
+        cls.load(tmp_path, V)
+
+
+def test_labels_outside_the_classes_are_refused():
+    x, _ = separable(10)
+    with pytest.raises(IndexStoreError, match=r"labels must lie in \[0, 3\]"):
+        KnnClassifier(x, np.full(10, 4), CLASSES)
+
+
+def test_probe_rejects_wrong_dim(data):
+    (xtr, ytr), _ = data
+    with pytest.raises(IndexStoreError, match=r"\[N, 16\]"):
+        LinearProbe.fit(xtr, ytr, CLASSES).predict_proba(np.zeros((1, 8)))

@@ -1,0 +1,134 @@
+"""``byol index build|add`` and ``byol search`` through the real CLI, a real bundle, ONNX Runtime and FAISS."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from clients.cli import main as byol
+from index.durable import DurableIndex
+from serving import paths
+from serving.collection import iter_items
+from serving.encoder import OnnxEncoder
+from serving.indexing import embed_chunks, partial_dir, read_images
+from serving.store import bundle_path
+
+N = 300
+
+
+@pytest.fixture(scope="module")
+def built(registered_bundle, fmnist_root):
+    """An index of the first N Fashion-MNIST test images (chunks of 100)."""
+    code = byol(["index", "build", "--model", registered_bundle, "--data", "fashion-mnist", "--data-root",
+                 str(fmnist_root), "--split", "test", "--limit", str(N), "--chunk", "100", "--quiet", "--force"])
+    assert code == 0
+    return OnnxEncoder(bundle_path(registered_bundle))
+
+
+def open_index(encoder):
+    return DurableIndex.open(paths.index_dir(encoder.version), read_only=True)
+
+
+def test_build_indexes_every_item_with_uri_and_label(built, fmnist_test):
+    index = open_index(built)
+    y = int(fmnist_test.labels[7])
+    assert len(index) == N
+    assert index.metadata(7) == {**index.metadata(7), "uri": "fashion-mnist:test/7", "label_id": y,
+                                 "label": fmnist_test.classes[y]}
+
+
+def test_an_indexed_image_finds_itself_first(built, fmnist_test):
+    q = built.embed(fmnist_test.images[42:43])
+    hit = open_index(built).search(q, 1, built.version)[0][0]
+    assert hit.metadata["uri"] == "fashion-mnist:test/42" and hit.score > 0.999
+
+
+def test_build_records_items_in_the_collection(built):
+    uris = {it.uri for it in iter_items()}
+    assert {f"fashion-mnist:test/{i}" for i in range(N)} <= uris
+
+
+def test_interrupted_build_resumes_from_finished_chunks(registered_bundle, fmnist_root):
+    encoder = OnnxEncoder(bundle_path(registered_bundle))
+    images = read_images("fashion-mnist", "test", encoder.input_size, str(fmnist_root), limit=250)
+    work = partial_dir(encoder.version, images, 50)
+
+    def crash_after_two(i: int) -> None:
+        if i == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        embed_chunks(encoder, images.images, work, batch=32, chunk=50, on_chunk=crash_after_two, progress=False)
+    vectors, computed = embed_chunks(encoder, images.images, work, batch=32, chunk=50, progress=False)
+    assert computed == 3 and np.allclose(vectors, encoder.embed(images.images), atol=1e-5)
+
+
+def test_killed_build_leaves_the_served_index_untouched(built, registered_bundle, fmnist_root, monkeypatch):
+    import serving.indexing as indexing
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(indexing, "build_index", boom)  # dies after embedding, before writing
+    code = byol(["index", "build", "--model", registered_bundle, "--data-root", str(fmnist_root), "--split", "test",
+                 "--limit", "50", "--quiet", "--force"])
+    assert code == 130 and len(open_index(built)) == N
+
+
+def test_rebuild_without_force_is_refused(built, registered_bundle, fmnist_root, capsys):
+    code = byol(["index", "build", "--model", registered_bundle, "--data-root", str(fmnist_root), "--split", "test",
+                 "--limit", "20", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and "--force" in err[0]
+
+
+def test_missing_model_tag_exits_nonzero_with_one_line(capsys):
+    code = byol(["index", "build", "--model", "20000101-000000-deadbeef", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and "no bundle" in err[0]
+
+
+def test_index_add_appends_files_durably(built, registered_bundle, fmnist_test, tmp_path):
+    from PIL import Image
+
+    for i in range(3):
+        Image.fromarray(fmnist_test.images[500 + i]).save(tmp_path / f"x{i}.png")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    assert byol(["index", "add", "--model", registered_bundle, str(tmp_path), "--label", "mine"]) == 0
+    index = open_index(built)
+    uris = {index.metadata(i)["uri"] for i in range(N, N + 3)}
+    assert len(index) == N + 3 and uris == {str((tmp_path / f"x{i}.png").resolve()) for i in range(3)}
+
+
+def test_search_prints_neighbours_and_writes_a_grid(built, registered_bundle, fmnist_test, tmp_path, capsys):
+    from PIL import Image
+
+    Image.fromarray(fmnist_test.images[3]).save(tmp_path / "q.png")
+    grid = tmp_path / "grid.png"
+    assert byol(["search", str(tmp_path / "q.png"), "-k", "4", "--model", registered_bundle,
+                 "--grid", str(grid)]) == 0
+    out = capsys.readouterr().out
+    assert "fashion-mnist:test/3" in out.splitlines()[1] and Image.open(grid).size[0] > 4 * 96
+
+
+def test_search_with_a_non_image_exits_nonzero_with_one_line(built, registered_bundle, tmp_path, capsys):
+    (tmp_path / "q.txt").write_text("hello")
+    code = byol(["search", str(tmp_path / "q.txt"), "--model", registered_bundle])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and "not an image" in err[0]
+
+
+def test_collection_rebuild_indexes_every_stored_item_for_a_new_version(built, tmp_path):
+    from serving.collection import remove_items
+    from serving.store import register_bundle
+    from tests.conftest import make_bundle
+
+    remove_items(["fashion-mnist:test/3"])  # what /index/remove records
+    expected = {it.uri for it in iter_items()}
+    new_tag = register_bundle(make_bundle(tmp_path / "other", seed=1))
+    assert byol(["index", "build", "--model", new_tag, "--collection", "--quiet"]) == 0
+    enc = OnnxEncoder(bundle_path(new_tag))
+    index = DurableIndex.open(paths.index_dir(enc.version), read_only=True)
+    assert index.encoder_version == enc.version and enc.version != built.version
+    uris = {index.metadata(i)["uri"] for i in range(len(expected) + 10) if index.metadata(i)}
+    assert uris == expected and "fashion-mnist:test/3" not in uris
