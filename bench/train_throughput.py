@@ -45,8 +45,9 @@ class TorchvisionViews:
         self.t1, self.t2 = _tv_pipeline(cfg.view1, size), _tv_pipeline(cfg.view2, size)
         self.device = device
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None):
-        """uint8 [B, H, W, 3] on the CPU → two float32 [B, 3, size, size] on the device (global torch RNG)."""
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None, shard=(0, 1)):
+        """uint8 [B, H, W, 3] on the CPU → two float32 [B, 3, size, size] on the device (global torch RNG;
+        single process only, ``shard`` is accepted for train_step's signature)."""
         v1, v2 = [], []
         for img in images:
             chw = img.permute(2, 0, 1)

@@ -7,6 +7,7 @@ stderr (``byol <cmd>: error: …``) and a non-zero exit; ``BYOL_DEBUG=1`` shows 
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 
@@ -35,8 +36,19 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+# Third-party loggers that narrate their internals at INFO (ONNX graph rewrites, FAISS's CPU-feature probing).
+QUIET_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx", "faiss", "faiss.loader")
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _setup_logging()
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0 if argv else 2

@@ -19,6 +19,36 @@ KNN_NPZ = "knn.npz"
 KNN_JSON = "knn.json"
 
 
+def save_fitted(directory: str | os.PathLike, stem: str, arrays: dict[str, np.ndarray], info: dict) -> None:
+    """A fitted classifier as ``<stem>.npz`` (arrays) + ``<stem>.json`` (classes, encoder version, settings),
+    each written atomically; the json goes last, so a reader never sees settings without their arrays."""
+    directory = Path(directory)
+
+    def _npz(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+
+    atomic_write(directory / f"{stem}.npz", _npz)
+    atomic_write_bytes(directory / f"{stem}.json", (json.dumps(info, indent=1) + "\n").encode())
+
+
+def load_fitted(directory: str | os.PathLike, stem: str, what: str, encoder_version: str) -> tuple[dict, dict]:
+    """``(info, arrays)`` of :func:`save_fitted`; refuses one fitted on another encoder version."""
+    directory = Path(directory)
+    try:
+        info = json.loads((directory / f"{stem}.json").read_text())
+        with np.load(directory / f"{stem}.npz") as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise IndexStoreError(f"no {what} at {directory}: {exc}") from None
+    if info["encoder_version"] != encoder_version:
+        raise VersionMismatchError(
+            f"{what} at {directory} was fitted on encoder {info['encoder_version']!r}, "
+            f"not {encoder_version!r}; run byol probe fit again"
+        )
+    return info, arrays
+
+
 def check_labels(labels: np.ndarray, n: int, classes: list[str]) -> np.ndarray:
     y = np.asarray(labels)
     if y.shape != (n,):
@@ -67,29 +97,12 @@ class KnnClassifier:
         return self.predict_proba(X).argmax(axis=1)
 
     def save(self, directory: str | os.PathLike) -> None:
-        directory = Path(directory)
-
-        def _npz(tmp: str) -> None:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, vectors=self.vectors, labels=self.labels)
-
-        atomic_write(directory / KNN_NPZ, _npz)
-        info = {"classes": self.classes, "k": self.k, "temperature": self.temperature,
-                "encoder_version": self.encoder_version, "dim": self.dim}
-        atomic_write_bytes(directory / KNN_JSON, (json.dumps(info, indent=1) + "\n").encode())
+        save_fitted(directory, "knn", {"vectors": self.vectors, "labels": self.labels},
+                    {"classes": self.classes, "k": self.k, "temperature": self.temperature,
+                     "encoder_version": self.encoder_version, "dim": self.dim})
 
     @classmethod
     def load(cls, directory: str | os.PathLike, encoder_version: str) -> KnnClassifier:
-        directory = Path(directory)
-        try:
-            info = json.loads((directory / KNN_JSON).read_text())
-            data = np.load(directory / KNN_NPZ)
-        except (OSError, ValueError) as exc:
-            raise IndexStoreError(f"no kNN classifier at {directory}: {exc}") from None
-        if info["encoder_version"] != encoder_version:
-            raise VersionMismatchError(
-                f"kNN classifier at {directory} was fitted on encoder {info['encoder_version']!r}, "
-                f"not {encoder_version!r}; run byol probe fit again"
-            )
+        info, data = load_fitted(directory, "knn", "kNN classifier", encoder_version)
         return cls(data["vectors"], data["labels"], info["classes"], info["k"], info["temperature"],
                    info["encoder_version"])

@@ -6,15 +6,12 @@ numpy, so a serving box loads ``probe.npz`` without sklearn's pickles.
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 
 import numpy as np
 
-from index.fsio import atomic_write, atomic_write_bytes
-from index.knn import check_labels
-from index.vector_index import IndexStoreError, VersionMismatchError
+from index.knn import check_labels, load_fitted, save_fitted
+from index.vector_index import IndexStoreError
 
 PROBE_NPZ = "linear_probe.npz"
 PROBE_JSON = "linear_probe.json"
@@ -78,28 +75,12 @@ class LinearProbe:
         return self.predict_proba(X).argmax(axis=1)
 
     def save(self, directory: str | os.PathLike) -> None:
-        directory = Path(directory)
-
-        def _npz(tmp: str) -> None:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, coef=self.coef, intercept=self.intercept, mean=self.mean, scale=self.scale)
-
-        atomic_write(directory / PROBE_NPZ, _npz)
-        info = {"classes": self.classes, "encoder_version": self.encoder_version, "dim": self.dim}
-        atomic_write_bytes(directory / PROBE_JSON, (json.dumps(info, indent=1) + "\n").encode())
+        save_fitted(directory, "linear_probe",
+                    {"coef": self.coef, "intercept": self.intercept, "mean": self.mean, "scale": self.scale},
+                    {"classes": self.classes, "encoder_version": self.encoder_version, "dim": self.dim})
 
     @classmethod
     def load(cls, directory: str | os.PathLike, encoder_version: str) -> LinearProbe:
-        directory = Path(directory)
-        try:
-            info = json.loads((directory / PROBE_JSON).read_text())
-            data = np.load(directory / PROBE_NPZ)
-        except (OSError, ValueError) as exc:
-            raise IndexStoreError(f"no linear probe at {directory}: {exc}") from None
-        if info["encoder_version"] != encoder_version:
-            raise VersionMismatchError(
-                f"linear probe at {directory} was fitted on encoder {info['encoder_version']!r}, "
-                f"not {encoder_version!r}; run byol probe fit again"
-            )
+        info, data = load_fitted(directory, "linear_probe", "linear probe", encoder_version)
         return cls(data["coef"], data["intercept"], data["mean"], data["scale"], info["classes"],
                    info["encoder_version"])

@@ -12,40 +12,10 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+# One recipe for the whole project: index/ imports nothing of ours, so it owns it and serving reuses it.
+from index.fsio import atomic_write, atomic_write_bytes, fsync_dir
 
-def fsync_dir(path: str | os.PathLike) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | os.PathLike, writer: Callable[[str], None]) -> Path:
-    """Call ``writer(tmp_path)`` then move the finished file over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        writer(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
-    return path
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    def _write(tmp: str) -> None:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-
-    return atomic_write(path, _write)
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_publish_dir", "fsync_dir"]
 
 
 def atomic_write_json(path: str | os.PathLike, obj) -> Path:
