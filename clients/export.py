@@ -62,6 +62,22 @@ def parity_inputs(spec: str | None, data_root: str | None, n: int, size: int) ->
     return {"parity_files": files}
 
 
+def with_eval_report(meta: dict, eval_file: Path) -> dict:
+    """Carry ``byol eval``'s report (trained vs random-init vs raw pixels), when the run has one, into the
+    manifest's metrics: the bundle then says how good it is, and ``byol probe fit`` prints the random-init
+    baseline beside its own figures."""
+    if not eval_file.is_file():
+        return meta
+    import json
+
+    try:
+        report = json.loads(eval_file.read_text())
+    except json.JSONDecodeError:
+        log.warning("ignoring unreadable %s", eval_file)
+        return meta
+    return {**meta, "metrics": {**(meta.get("metrics") or {}), "eval": report}}
+
+
 def keep_training_state(meta: dict, version: str) -> Path | None:
     """Copy the run's full BYOL state next to the registered version, so ``byol retrain`` can resume it later
     even after the run directory is gone (written atomically; the bundle itself stays torch-free)."""
@@ -88,6 +104,7 @@ def main(argv: list[str]) -> int:
     from training.export import export_bundle, export_to_temp
 
     encoder, meta = load_encoder(args.encoder)
+    meta = with_eval_report(meta, args.encoder.parent / "eval.json")
     kwargs = dict(meta=meta, fp16=args.fp16, atol=args.atol, min_cosine=args.min_cosine,
                   **parity_inputs(args.parity_data, args.data_root, args.parity_n, encoder.cfg.input_size))
     if args.out is not None:

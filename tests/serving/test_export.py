@@ -178,6 +178,20 @@ def test_cli_export_without_registering_writes_a_bundle(tmp_path, capsys):
     assert rc == 0 and read_bundle(tmp_path / "b")[1].version in capsys.readouterr().out
 
 
+def test_cli_export_records_the_runs_eval_report(tmp_path):
+    import json
+
+    from clients.cli import main
+    from training.artifact import save_encoder
+
+    save_encoder(tmp_path / "encoder.pt", tiny_encoder(3), meta={"metrics": {"steps": 5}})
+    report = {"random_init": {"knn": 0.5, "probe": 0.6}, "trained": {"knn": 0.7, "probe": 0.8}}
+    (tmp_path / "eval.json").write_text(json.dumps(report))
+    assert main(["export", "--encoder", str(tmp_path / "encoder.pt"), "--no-register", "--out",
+                 str(tmp_path / "b"), "--parity-n", "2"]) == 0
+    assert read_bundle(tmp_path / "b")[1].metrics == {"steps": 5, "eval": report}
+
+
 def test_cli_corrupt_encoder_file_is_one_line_error(tmp_path, capsys):
     from clients.cli import main
 
