@@ -185,6 +185,11 @@ class DurableIndex:
             m = self._index.metadata.get(int(item_id))
             return None if m is None else dict(m)
 
+    def items(self) -> list[tuple[int, dict]]:
+        """Every live ``(id, metadata)``: what a caller needs to reconcile this index with another record."""
+        with self._rw.read():
+            return [(int(i), dict(m)) for i, m in self._index.metadata.items()]
+
     # ------------------------------------------------------------------------------------------ operations
     def _append(self, header: dict, vectors: np.ndarray | None = None) -> None:
         if self._wal is None:

@@ -93,3 +93,34 @@ def remove_from_index(index, ids: list[int]) -> int:
     removed = index.remove(ids)
     collection.remove_items(uris)
     return removed
+
+
+def sync_with_collection(index, encoder, version: str, batch: int = 256) -> dict:
+    """Bring a version's index in line with the collection before it is swapped in.
+
+    Why: a new version's index is rebuilt from the collection (``byol index build --collection``) while the old
+    version keeps serving; images added or removed over HTTP in between would otherwise vanish or come back at
+    the swap. The service runs this under the same lock as /index/add and /index/remove, so nothing slips
+    between the sync and the swap.
+    """
+    from serving import collection
+
+    wanted = {it.uri: it for it in collection.iter_items()}
+    present = index.items()
+    have = {m.get("uri") for _, m in present}
+    stale = [i for i, m in present if m.get("uri") not in wanted]
+    missing = [it for uri, it in wanted.items() if uri not in have]
+    added = 0
+    for lo in range(0, len(missing), batch):
+        chunk, pixels = [], []
+        for it in missing[lo:lo + batch]:
+            try:
+                pixels.append(collection.load_image(it.uri, encoder.input_size))
+                chunk.append(it)
+            except (ValueError, OSError):  # an item that cannot be read any more is skipped, as a rebuild does
+                continue
+        if chunk:
+            index.add(encoder.embed(np.stack(pixels)), [{"uri": it.uri, "label": it.label} for it in chunk], version)
+            added += len(chunk)
+    removed = index.remove(stale) if stale else 0
+    return {"added": added, "removed": removed}

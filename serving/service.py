@@ -71,6 +71,7 @@ class ByolEmbed:
         self.runtime: Runtime = load_runtime(MODEL_TAG)
         self.admin_token = os.environ.get("BYOL_ADMIN_TOKEN") or None
         self._reload_lock = asyncio.Lock()
+        self._writes = asyncio.Lock()  # index writes vs the reconcile-and-swap of a reload
 
     def __is_ready__(self) -> bool:
         return self.runtime is not None
@@ -131,7 +132,8 @@ class ByolEmbed:
             raise BadRequest(f"{len(labels)} labels for {len(images)} images: give one label per image or none")
         x, datas = await to_thread.run_sync(h.decode_uploads, images, rt.input_size)
         vecs = await rt.embed(x)
-        ids = await to_thread.run_sync(h.add_to_index, rt.index, rt.version, vecs, datas, labels)
+        async with self._writes:
+            ids = await to_thread.run_sync(h.add_to_index, rt.index, rt.version, vecs, datas, labels)
         return {"version": rt.version, "ids": [int(i) for i in ids]}
 
     @bentoml.api(route="/index/remove")
@@ -141,7 +143,8 @@ class ByolEmbed:
         rt = self.runtime
         if rt.index is None:
             raise Conflict(rt.missing["index"])
-        removed = await to_thread.run_sync(h.remove_from_index, rt.index, ids)
+        async with self._writes:
+            removed = await to_thread.run_sync(h.remove_from_index, rt.index, ids)
         return {"version": rt.version, "removed": int(removed)}
 
     @bentoml.api(route="/admin/reload")
@@ -157,7 +160,11 @@ class ByolEmbed:
                 new = await to_thread.run_sync(load_runtime, tag)
             except BundleError as exc:
                 raise (NotFoundError if "no bundle" in str(exc) else Conflict)(str(exc)) from None
-            old, self.runtime = self.runtime, new
+            async with self._writes:  # nothing added or removed between the reconcile and the swap is lost
+                if new.index is not None and new.version != self.runtime.version:
+                    synced = await to_thread.run_sync(h.sync_with_collection, new.index, new.encoder, new.version)
+                    log.info("index of %s reconciled with the collection: %s", new.version, synced)
+                old, self.runtime = self.runtime, new
             if old is not new:
                 old.close()
             log.info("now serving %s (was %s)", new.version, old.version)

@@ -53,15 +53,18 @@ def register_bundle(bundle_dir: str | os.PathLike) -> str:
     bundle_dir = Path(bundle_dir)
     _, manifest = read_bundle(bundle_dir)  # never store a corrupt bundle
     bentoml = _bentoml()
-    from bentoml.exceptions import NotFound
+    from bentoml.exceptions import BentoMLException, NotFound
 
     tag = f"{MODEL_NAME}:{manifest.version}"
     try:
-        bentoml.models.get(tag)
+        read_bundle(bentoml.models.get(tag).path)
         log.info("%s is already in the model store", tag)
         return tag
     except NotFound:
         pass
+    except (BentoMLException, BundleError) as exc:  # a registration killed half-way: replace the debris
+        log.warning("replacing the incomplete store entry %s (%s)", tag, exc)
+        shutil.rmtree(_entry_dir(manifest.version), ignore_errors=True)
     labels = {"embedding_dim": str(manifest.embedding_dim), "input_size": str(manifest.input_size),
               "arch": str(manifest.architecture.get("arch", "")), "parent": manifest.parent_version or ""}
     metadata = {"version": manifest.version, "created_at": manifest.created_at, "onnx_sha256": manifest.onnx_sha256,
@@ -80,13 +83,24 @@ def _age(model) -> tuple:
     return str(model.info.metadata.get("created_at", "")), model.info.creation_time
 
 
-def _models(bentoml) -> list:
-    from bentoml.exceptions import NotFound
+def _entry_dir(version: str) -> Path:
+    return store_home() / "models" / MODEL_NAME / version
 
-    try:
-        return sorted(bentoml.models.list(MODEL_NAME), key=_age)
-    except NotFound:
-        return []
+
+def _models(bentoml) -> list:
+    """Complete store entries, oldest first. BentoML copies a model into its final directory in place, so a
+    registration killed half-way leaves an entry without ``model.yaml`` that would make ``models.list`` fail:
+    entries are read one by one and such debris is skipped (and replaced when that version is registered again)."""
+    from bentoml.exceptions import BentoMLException
+
+    root = store_home() / "models" / MODEL_NAME
+    models = []
+    for entry in sorted(p for p in root.glob("*") if p.is_dir()) if root.is_dir() else []:
+        try:
+            models.append(bentoml.models.get(f"{MODEL_NAME}:{entry.name}"))
+        except BentoMLException as exc:
+            log.warning("skipping incomplete model store entry %s: %s", entry, exc)
+    return sorted(models, key=_age)
 
 
 def bundle_path(tag: str = "latest") -> Path:

@@ -273,6 +273,49 @@ def test_reload_to_another_version_swaps_encoder_index_and_probe_together(api, i
     assert r.status_code == 200 and api["http"].get("/info").json()["index"]["version"] == api["version"]
 
 
+def test_reload_reconciles_the_new_index_with_adds_and_removes_made_meanwhile(api, tmp_path):
+    """A retrained version's index is rebuilt from the collection while the old one serves; what is added or
+    removed over HTTP in between must neither vanish nor come back at the swap."""
+    import hashlib
+    import json
+    import shutil
+
+    from index.durable import DurableIndex
+    from serving import paths
+    from serving.store import register_bundle
+
+    other = tmp_path / "rebuilt"
+    shutil.copytree(api["bundle_dir"], other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    version = manifest["version"] = "20000102-000000-5ync0000"
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    register_bundle(other)
+    idx = DurableIndex.open(paths.index_dir(version), dim=api["encoder"].dim, encoder_version=version,
+                            factory="Flat", create=True)
+    idx.close()  # stands for the rebuild: it holds nothing of what happens below
+    rng = np.random.default_rng(7)
+    kept, dropped = (srv.png(rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)) for _ in range(2))
+    r = api["http"].post("/index/add", headers=AUTH,
+                         files=[("images", ("a.png", kept)), ("images", ("b.png", dropped))])
+    assert r.status_code == 200, r.text
+    r = api["http"].post("/index/remove", headers=AUTH, json={"ids": [r.json()["ids"][1]]})
+    assert r.status_code == 200 and r.json()["removed"] == 1
+    r = api["http"].post("/admin/reload", headers=AUTH, json={"version": version})
+    assert r.status_code == 200, r.text
+    try:
+        def top(image):
+            r = api["http"].post("/search", files={"image": ("q.png", image)}, data={"k": "1"})
+            assert r.status_code == 200 and r.json()["version"] == version, r.text
+            return r.json()["results"][0]
+
+        hit = top(kept)
+        assert hit["metadata"]["uri"] == "sha256:" + hashlib.sha256(kept).hexdigest() and hit["score"] > 0.999
+        assert top(dropped)["metadata"]["uri"] != "sha256:" + hashlib.sha256(dropped).hexdigest()
+    finally:
+        r = api["http"].post("/admin/reload", headers=AUTH, json={"version": api["version"]})
+    assert r.status_code == 200
+
+
 def test_acknowledged_add_survives_kill_9(api):
     """Last in the module: kills the module's server (and its worker) with SIGKILL, then restarts it."""
     image = srv.png(np.random.default_rng(42).integers(0, 256, (28, 28, 3), dtype=np.uint8))

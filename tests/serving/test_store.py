@@ -78,3 +78,30 @@ def test_empty_store_latest_message_and_default_location(tmp_path):
                          timeout=120).stdout.strip()
     assert out == (f"no bundle 'byol-encoder:latest' in the model store at {tmp_path / 'bentoml'}; "
                    "run 'byol export' first")
+
+
+def test_registration_killed_half_way_is_skipped_then_healed(registered_bundle, tmp_path):
+    """BentoML copies a model into its final store directory in place: a kill -9 during ``byol export`` leaves
+    an entry without model.yaml. It must not break ``latest`` or listing, and registering again repairs it."""
+    from serving.store import store_home
+    from tests.conftest import make_bundle
+
+    served = bundle_path("latest")
+    root = store_home() / "models" / MODEL_NAME
+    debris = root / "29990101-000000-deadbeef"  # sorts after every real version
+    debris.mkdir(parents=True)
+    (debris / "encoder.onnx").write_bytes(b"half a file")
+    version = None
+    try:
+        assert bundle_path("latest") == served
+        assert "29990101-000000-deadbeef" not in [m.version for m in list_bundles()]
+        bundle = make_bundle(tmp_path / "again", seed=5)
+        version = read_bundle(bundle)[1].version
+        (root / version).mkdir()
+        (root / version / "encoder.onnx").write_bytes(b"torn")
+        assert register_bundle(bundle) == f"{MODEL_NAME}:{version}"
+        assert read_bundle(bundle_path(version))[1].version == version
+    finally:  # leave the session's store as it was: later modules resolve ``latest``
+        shutil.rmtree(debris, ignore_errors=True)
+        if version:
+            shutil.rmtree(root / version, ignore_errors=True)
