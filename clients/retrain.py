@@ -69,24 +69,28 @@ def gate(candidate_dir: Path, current_dir: Path, eval_spec: str, data_root: str 
     Both are measured through ONNX Runtime on the same pixels, i.e. exactly what would be served.
     """
     from serving.encoder import OnnxEncoder
+    from serving.indexing import embed_batches
     from serving.sources import load_source
     from training.eval import knn_accuracy, linear_probe_accuracy
 
     report: dict = {"eval_data": eval_spec, "tolerance": tolerance, "max_train": max_train, "max_test": max_test}
+    sets: dict[int, tuple] = {}  # input size → the fixed (train, test) subsets, read once for both bundles
     for name, bundle in (("current", current_dir), ("candidate", candidate_dir)):
         enc = OnnxEncoder(bundle)
-        train = load_source(eval_spec, "train", size=enc.input_size, data_root=data_root)
-        test = load_source(eval_spec, "test", size=enc.input_size, data_root=data_root)
-        if train.labels is None or test.labels is None:
-            raise RetrainError(f"evaluation data {eval_spec!r} has no labels: the gate needs a labelled set")
-        tr = np.sort(np.random.default_rng(seed).permutation(len(train))[:max_train])
-        te = np.sort(np.random.default_rng(seed + 1).permutation(len(test))[:max_test])
-        etr = _embed(enc, train.images[tr])
-        ete = _embed(enc, test.images[te])
+        if enc.input_size not in sets:
+            train = load_source(eval_spec, "train", size=enc.input_size, data_root=data_root)
+            test = load_source(eval_spec, "test", size=enc.input_size, data_root=data_root)
+            if train.labels is None or test.labels is None:
+                raise RetrainError(f"evaluation data {eval_spec!r} has no labels: the gate needs a labelled set")
+            tr = np.sort(np.random.default_rng(seed).permutation(len(train))[:max_train])
+            te = np.sort(np.random.default_rng(seed + 1).permutation(len(test))[:max_test])
+            sets[enc.input_size] = (train.subset(tr), test.subset(te))
+        train, test = sets[enc.input_size]
+        etr, ete = embed_batches(enc, train.images), embed_batches(enc, test.images)
         report[name] = {
             "version": enc.version,
-            "knn": knn_accuracy(etr, train.labels[tr], ete, test.labels[te]),
-            "probe": linear_probe_accuracy(etr, train.labels[tr], ete, test.labels[te]),
+            "knn": knn_accuracy(etr, train.labels, ete, test.labels),
+            "probe": linear_probe_accuracy(etr, train.labels, ete, test.labels),
         }
     cur, cand = report["current"], report["candidate"]
     reasons = [f"{m} {cand[m]:.4f} < {cur[m]:.4f} - {tolerance}" for m in ("knn", "probe")
@@ -94,10 +98,6 @@ def gate(candidate_dir: Path, current_dir: Path, eval_spec: str, data_root: str 
     report["accepted"] = not reasons
     report["reasons"] = reasons
     return report
-
-
-def _embed(enc, images: np.ndarray, batch: int = 512) -> np.ndarray:
-    return np.concatenate([enc.embed(images[i:i + batch]) for i in range(0, len(images), batch)])
 
 
 def print_gate(report: dict) -> None:
