@@ -152,8 +152,8 @@ def compare(name: str, x: np.ndarray, q: np.ndarray, k: int, single: int, budget
 
 
 def fmnist_embeddings(tag: str, n_queries: int) -> tuple[np.ndarray, np.ndarray, str]:
+    from serving.contract.sources import load_fashion_mnist
     from serving.indexing import embed_batches, open_encoder
-    from serving.sources import load_fashion_mnist
 
     enc = open_encoder(tag)
     train, test = load_fashion_mnist(None, "train"), load_fashion_mnist(None, "test")

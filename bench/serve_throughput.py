@@ -105,7 +105,7 @@ def upload_for(size: int) -> tuple[bytes, np.ndarray]:
     """A real Fashion-MNIST image (scaled to ``size``), PNG-encoded as a client would send it."""
     from PIL import Image
 
-    from serving.sources import load_fashion_mnist
+    from serving.contract.sources import load_fashion_mnist
     from tests.serving.server import png
 
     try:
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     doc = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                        "note": "load generator shares the CPU with the server; other jobs may share it too"},
            "args": vars(args), "results": results, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    from serving.atomic import atomic_write_json
+    from serving.contract.atomic import atomic_write_json
 
     atomic_write_json(args.out, doc)
     print(f"→ {args.out}")

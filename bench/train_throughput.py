@@ -86,7 +86,7 @@ def _pool(size: int, seed: int = 0) -> tuple[np.ndarray, str]:
     """Fashion-MNIST training images at 28 px when installed, else deterministic noise (augment cost is
     content-independent)."""
     if size == 28 and (FMNIST_ROOT / "train-images-idx3-ubyte.gz").is_file():
-        from serving.sources import load_fashion_mnist
+        from serving.contract.sources import load_fashion_mnist
 
         return load_fashion_mnist(FMNIST_ROOT, "train").images[:POOL], "fashion-mnist train"
     return np.random.default_rng(seed).integers(0, 256, (POOL, size, size, 3), dtype=np.uint8), "uniform noise"
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     print("img/s = source images per second (each yields two views); × = ours / reference; "
           f"device {device}, {info['cpu_cores']} cores, {info['torch_threads']} torch threads, "
           f"load {info['load_avg_1m_at_start']}")
-    from serving.atomic import atomic_write_json
+    from serving.contract.atomic import atomic_write_json
 
     out = args.out or RESULTS / f"train_throughput_{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -45,7 +45,7 @@ def main(argv: list[str]) -> int:
     _step("eval", ["eval", "--encoder", str(encoder), *data, "--json", str(out / "eval.json")])
     _step("export", ["export", "--encoder", str(encoder), "--parity-data", "fashion-mnist",
                      *(["--data-root", args.data_root] if args.data_root else [])])
-    from serving.bundle import read_bundle
+    from serving.contract.bundle import read_bundle
     from serving.store import bundle_path  # after export: the newest bundle is ours
 
     _, manifest = read_bundle(bundle_path("latest"))

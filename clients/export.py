@@ -31,8 +31,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def parity_inputs(spec: str | None, data_root: str | None, n: int, size: int) -> dict:
     """``export_bundle`` keyword arguments for the parity images: dataset arrays or decodable files of a folder."""
-    from serving.image import ImageError, load
-    from serving.sources import SourceError, iter_image_files, load_source
+    from serving.contract.image import ImageError, load
+    from serving.contract.sources import SourceError, iter_image_files, load_source
 
     if n < 1:
         raise ValueError(f"--parity-n must be at least 1, got {n}")
@@ -81,7 +81,7 @@ def with_eval_report(meta: dict, eval_file: Path) -> dict:
 def keep_training_state(meta: dict, version: str) -> Path | None:
     """Copy the run's full BYOL state next to the registered version, so ``byol retrain`` can resume it later
     even after the run directory is gone (written atomically; the bundle itself stays torch-free)."""
-    from serving.atomic import atomic_write
+    from serving.contract.atomic import atomic_write
     from serving.paths import checkpoint_file
 
     src = Path(meta.get("checkpoint") or "")

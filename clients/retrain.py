@@ -40,14 +40,14 @@ def load_seen() -> set[str]:
 
 
 def mark_seen(digests: set[str]) -> None:
-    from serving.atomic import atomic_write_json
+    from serving.contract.atomic import atomic_write_json
 
     atomic_write_json(_seen_file(), sorted(load_seen() | digests))
 
 
 def find_new_images(dirs: list[str], seen: set[str]) -> list[tuple[Path, str]]:
     """Image files under ``dirs`` whose content (sha256) no earlier retrain has used."""
-    from serving.sources import iter_image_files
+    from serving.contract.sources import iter_image_files
 
     out, digests = [], set()
     for d in dirs:
@@ -68,9 +68,9 @@ def gate(candidate_dir: Path, current_dir: Path, eval_spec: str, data_root: str 
 
     Both are measured through ONNX Runtime on the same pixels, i.e. exactly what would be served.
     """
+    from serving.contract.sources import load_source
     from serving.encoder import OnnxEncoder
     from serving.indexing import embed_batches
-    from serving.sources import load_source
     from training.eval import knn_accuracy, linear_probe_accuracy
 
     report: dict = {"eval_data": eval_spec, "tolerance": tolerance, "max_train": max_train, "max_test": max_test}
@@ -155,7 +155,7 @@ def main(argv: list[str]) -> int:
 
 def _retrain(args) -> int:
     from clients.cli import main as byol
-    from serving.bundle import read_bundle
+    from serving.contract.bundle import read_bundle
     from serving.release import current_version, promote
     from serving.store import bundle_path
 
@@ -209,10 +209,10 @@ def _has_probe(version: str) -> bool:
 
 def _candidate(args, parent: str, parent_manifest, ckpt: Path, new, new_fp: str, run_dir: Path) -> dict:
     """Train → export → gate → register, once per (parent, new images): a rerun reuses finished stages."""
-    from serving.atomic import atomic_write, atomic_write_json
-    from serving.bundle import read_bundle
-    from serving.image import ImageError, load
-    from serving.sources import ImageSet, load_source
+    from serving.contract.atomic import atomic_write, atomic_write_json
+    from serving.contract.bundle import read_bundle
+    from serving.contract.image import ImageError, load
+    from serving.contract.sources import ImageSet, load_source
     from serving.store import bundle_path, register_bundle
     from training.artifact import load_encoder
     from training.config import TrainConfig, apply_overrides

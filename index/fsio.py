@@ -1,4 +1,4 @@
-"""Crash-safe writes for ``index/`` (which imports nothing of ours, so it cannot use ``serving.atomic``).
+"""Crash-safe writes for ``index/`` (which imports nothing of ours, so it cannot use ``serving.contract.atomic``).
 
 Same recipe as ``serving/atomic.py``: write a temp path in the same directory, fsync, rename, fsync the parent.
 """

@@ -6,7 +6,7 @@ one fsynced line per item, a torn last line ignored), and keeps the bytes of ima
 content-addressed under ``blobs/`` (files on disk and dataset items are referenced by URI only).
 
 URIs: ``sha256:<hex>`` (an uploaded image stored here), ``fashion-mnist:<split>/<i>``, ``cifar10:<split>/<i>``
-(read through :mod:`serving.sources`), ``file:///abs/path`` or a plain absolute path.
+(read through :mod:`serving.contract.sources`), ``file:///abs/path`` or a plain absolute path.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.atomic import atomic_write_bytes
-from serving.bundle import now_iso
+from serving.contract.atomic import atomic_write_bytes
+from serving.contract.bundle import now_iso
 from serving.paths import collection_dir
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ def store_image_bytes(data: bytes, root: str | os.PathLike | None = None) -> str
 
 @functools.lru_cache(maxsize=4)
 def _dataset(name: str, split: str, data_root: str | None):
-    from serving.sources import load_source
+    from serving.contract.sources import load_source
 
     return load_source(name, split, data_root=data_root)
 
@@ -176,7 +176,7 @@ def load_image(uri: str, size: int, root: str | os.PathLike | None = None, data_
     """An item as model input ``uint8 [size, size, 3]`` through the image contract (raises on bad images)."""
     from PIL import Image
 
-    from serving.image import fit, load
+    from serving.contract.image import fit, load
 
     if _DATASET_URI.match(uri):
         pixels = _dataset_pixels(uri, data_root)

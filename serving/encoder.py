@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.bundle import BundleError, read_bundle
+from serving.contract.bundle import BundleError, read_bundle
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ def pick_providers() -> list[str]:
 
 
 class OnnxEncoder:
-    """Wraps one bundle. ``embed`` takes uint8 ``[N, S, S, 3]`` from :func:`serving.image.load_batch`."""
+    """Wraps one bundle. ``embed`` takes uint8 ``[N, S, S, 3]`` from :func:`serving.contract.image.load_batch`."""
 
     def __init__(self, bundle_dir: str | os.PathLike, providers: list[str] | None = None,
                  intra_op_threads: int = 0, onnx_file: str | None = None) -> None:

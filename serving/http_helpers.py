@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from serving.contract.image import ImageError, load
 from serving.errors import BadRequest, Forbidden, TooLarge, Unauthorized
-from serving.image import ImageError, load
 
 MAX_IMAGES = int(os.environ.get("BYOL_MAX_IMAGES", "256"))  # images per request to /embed_batch and /index/add
 MAX_K = 1000  # neighbours per /search

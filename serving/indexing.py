@@ -24,11 +24,11 @@ import numpy as np
 from index.durable import DurableIndex
 from index.vector_index import IndexStoreError, VectorIndex
 from serving import paths
-from serving.atomic import atomic_publish_dir, atomic_write
 from serving.collection import Item, add_items, load_image
+from serving.contract.atomic import atomic_publish_dir, atomic_write
+from serving.contract.image import ImageError, load
+from serving.contract.sources import ImageSet, SourceError, iter_image_files, load_source
 from serving.encoder import OnnxEncoder
-from serving.image import ImageError, load
-from serving.sources import ImageSet, SourceError, iter_image_files, load_source
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ import numpy as np
 from index.knn import KnnClassifier
 from index.probe import LinearProbe
 from serving import paths
-from serving.atomic import atomic_write_json
-from serving.image import ImageError, load
+from serving.contract.atomic import atomic_write_json
+from serving.contract.image import ImageError, load
+from serving.contract.sources import ImageSet, SourceError, load_source
 from serving.indexing import embed_batches, open_encoder
-from serving.sources import ImageSet, SourceError, load_source
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import logging
 import os
 from datetime import UTC, datetime
 
-from serving.atomic import atomic_write_json
+from serving.contract.atomic import atomic_write_json
 from serving.paths import index_dir, release_file
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def current_version() -> str | None:
 
 
 def _check_promotable(version: str) -> None:
-    from serving.bundle import read_bundle
+    from serving.contract.bundle import read_bundle
     from serving.store import bundle_path
 
     read_bundle(bundle_path(version))  # raises BundleError with a clear line when missing/corrupt

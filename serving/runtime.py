@@ -18,7 +18,7 @@ import numpy as np
 
 from serving import paths
 from serving.batching import MicroBatcher
-from serving.bundle import BundleError
+from serving.contract.bundle import BundleError
 from serving.encoder import OnnxEncoder
 
 log = logging.getLogger(__name__)

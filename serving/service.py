@@ -2,7 +2,7 @@
 
 Start: ``byol serve`` (or ``bentoml serve serving.service:ByolEmbed``). Which bundle: ``$BYOL_MODEL_TAG``, else the
 promoted version in ``$BYOL_HOME/release.json``, else the newest in the model store. Admin endpoints need
-``Authorization: Bearer $BYOL_ADMIN_TOKEN``. Uploads are typed ``Path`` and decoded by ``serving.image`` (a
+``Authorization: Bearer $BYOL_ADMIN_TOKEN``. Uploads are typed ``Path`` and decoded by ``serving.contract.image`` (a
 ``PIL.Image`` parameter would turn a non-image into a 500 in BentoML 1.4.39).
 
 Batching: every embedding goes through the loaded version's :class:`serving.batching.MicroBatcher` —
@@ -36,7 +36,7 @@ from starlette.responses import JSONResponse  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
 from serving import http_helpers as h  # noqa: E402
-from serving.bundle import MODEL_NAME, BundleError  # noqa: E402
+from serving.contract.bundle import MODEL_NAME, BundleError  # noqa: E402
 from serving.errors import BadRequest, Conflict, NotFoundError  # noqa: E402
 from serving.runtime import Runtime, check_bundle, load_runtime, promoted_tag, resolve_tag  # noqa: E402
 from serving.upload_guard import UploadGuard  # noqa: E402

@@ -1,7 +1,7 @@
 """Bundles in the BentoML model store: one model ``byol-encoder``, one store version per bundle version.
 
 The store is where ``byol serve`` and retraining find encoders by tag; the files inside each store entry are
-the bundle itself (``encoder.onnx`` + ``manifest.json``), so :func:`serving.bundle.read_bundle` reads them.
+the bundle itself (``encoder.onnx`` + ``manifest.json``), so :func:`serving.contract.bundle.read_bundle` reads them.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from serving.bundle import MANIFEST_FILE, MODEL_NAME, BundleError, Manifest, read_bundle
+from serving.contract.bundle import MANIFEST_FILE, MODEL_NAME, BundleError, Manifest, read_bundle
 from serving.paths import use_store
 
 log = logging.getLogger(__name__)

@@ -48,7 +48,7 @@ def odd_images() -> Path:
 
 @pytest.fixture(scope="session")
 def fmnist_test(fmnist_root):
-    from serving.sources import load_fashion_mnist
+    from serving.contract.sources import load_fashion_mnist
 
     return load_fashion_mnist(fmnist_root, "test")
 
@@ -68,7 +68,7 @@ def tiny_encoder(seed: int = 0):
 def sample_images(n: int = 16, size: int = 28, seed: int = 0) -> np.ndarray:
     """Fashion-MNIST test images when installed, else deterministic noise (uint8 [n, size, size, 3])."""
     try:
-        from serving.sources import load_fashion_mnist
+        from serving.contract.sources import load_fashion_mnist
 
         return load_fashion_mnist(FMNIST_ROOT, "test").images[:n]
     except Exception:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from serving.atomic import atomic_write_bytes
+from serving.contract.atomic import atomic_write_bytes
 
 CHECKPOINT_FORMAT = "byol-embed/checkpoint/1"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from serving.sources import ImageSet, SourceError, load_cifar10, load_source
+from serving.contract.sources import ImageSet, SourceError, load_cifar10, load_source
 
 log = logging.getLogger(__name__)
 

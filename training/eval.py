@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from serving.atomic import atomic_write_json
-from serving.sources import ImageSet, SourceError, load_source
+from serving.contract.atomic import atomic_write_json
+from serving.contract.sources import ImageSet, SourceError, load_source
 
 log = logging.getLogger(__name__)
 

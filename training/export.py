@@ -1,6 +1,6 @@
 """Export f_θ to a self-describing ONNX bundle and prove, on real images, that serving computes what torch did.
 
-The graph takes exactly what :func:`serving.image.load` produces (uint8 NHWC ``[N, S, S, 3]``) and does the rest
+The graph takes exactly what :func:`serving.contract.image.load` gives (uint8 NHWC ``[N, S, S, 3]``) and does the rest
 itself: ``/255``, NHWC→NCHW, the encoder (mean/std are its buffers), L2 normalisation. So no normalisation
 constant exists outside the bundle, and the parity check runs the *serving* path (PNG bytes → ``image.load`` →
 ONNX Runtime) against PyTorch on the same pixels.
@@ -22,9 +22,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from serving import image as image_contract
-from serving.atomic import atomic_publish_dir
-from serving.bundle import Manifest, new_version, now_iso, write_bundle
+from serving.contract import image as image_contract
+from serving.contract.atomic import atomic_publish_dir
+from serving.contract.bundle import Manifest, new_version, now_iso, write_bundle
 from training.networks import Encoder
 
 log = logging.getLogger(__name__)

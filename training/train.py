@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from serving.atomic import atomic_write_json
-from serving.sources import ImageSet, SourceError
+from serving.contract.atomic import atomic_write_json
+from serving.contract.sources import ImageSet, SourceError
 from training.artifact import save_encoder
 from training.augment import BYOLAugment
 from training.checkpoint import load_checkpoint, save_checkpoint

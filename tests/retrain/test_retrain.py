@@ -57,7 +57,7 @@ def deployment(tmp_path_factory, fmnist_root):
                           [*TINY, "train.steps=12", "train.checkpoint_every=0", "data.max_images=2000"])
     train(cfg, run)
     assert byol(["export", "--encoder", str(run / "encoder.pt")]) == 0
-    from serving.bundle import read_bundle
+    from serving.contract.bundle import read_bundle
     from serving.store import bundle_path
 
     _, manifest = read_bundle(bundle_path("latest"))
@@ -118,8 +118,8 @@ def test_kill9_during_retrain_leaves_served_version_and_next_run_recovers(deploy
 
 
 def test_retrain_gate_promote_and_hot_swap_without_errors(deployment, tmp_path, fmnist_test):
+    from serving.contract.image import load
     from serving.encoder import OnnxEncoder
-    from serving.image import load
     from serving.store import bundle_path
 
     old = deployment["version"]

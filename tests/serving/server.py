@@ -141,8 +141,8 @@ def prepare_version(tag: str, n_fit: int = 200) -> dict:
     from index.knn import KnnClassifier
     from index.probe import LinearProbe
     from serving import paths
+    from serving.contract.image import load
     from serving.encoder import OnnxEncoder
-    from serving.image import load
     from serving.store import bundle_path
     from tests.conftest import sample_images
 

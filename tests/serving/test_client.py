@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from clients.client import AsyncEmbeddingClient, ClientError, EmbeddingClient, embed_main
-from serving.image import load
+from serving.contract.image import load
 from tests.conftest import sample_images
 from tests.serving import server as srv
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serving.bundle import BundleError, read_bundle
+from serving.contract.bundle import BundleError, read_bundle
 from serving.encoder import OnnxEncoder, pick_providers
 from tests.conftest import sample_images
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from serving import image as image_contract
-from serving.bundle import read_bundle
+from serving.contract import image as image_contract
+from serving.contract.bundle import read_bundle
 from serving.encoder import OnnxEncoder
 from tests.conftest import REPO, sample_images, tiny_encoder
 from training.export import FP16_FILE, ExportError, ServingGraph, export_bundle

@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-from serving.image import ImageError, load
+from serving.contract.image import ImageError, load
 from tests.conftest import sample_images
 from tests.serving import server as srv
 
@@ -151,7 +151,7 @@ def _odd(odd_images, accepted: bool):
 
 
 def test_odd_but_valid_images_are_embedded_like_the_image_contract(api, odd_images):
-    """EXIF-rotated, CMYK, 16-bit, palette+transparency, grayscale, animated... all that serving.image accepts."""
+    """EXIF-rotated, CMYK, 16-bit, palette+transparency, grayscale, animated... all the image contract accepts."""
     files = list(_odd(odd_images, accepted=True))
     assert len(files) >= 20
     for path, data in files:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.bundle import MANIFEST_FILE, MODEL_NAME, BundleError, new_version, now_iso, read_bundle
+from serving.contract.bundle import MANIFEST_FILE, MODEL_NAME, BundleError, new_version, now_iso, read_bundle
 from serving.store import bundle_path, list_bundles, register_bundle
 from tests.conftest import REPO
 

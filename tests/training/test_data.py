@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from serving.sources import ImageSet, SourceError
+from serving.contract.sources import ImageSet, SourceError
 from training.data import Batcher, split_holdout
 
 

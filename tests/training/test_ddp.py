@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from serving.sources import ImageSet
+from serving.contract.sources import ImageSet
 
 TINY = ["encoder.width=8", "heads.projector_hidden=32", "heads.out_dim=16", "heads.predictor_hidden=32",
         "train.batch_size=16", "train.steps=4", "train.max_minutes=none", "train.knn_every=0",

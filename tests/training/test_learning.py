@@ -4,7 +4,7 @@ encoder of the same architecture on held-out images by a clear kNN margin (measu
 import numpy as np
 import pytest
 
-from serving.sources import load_fashion_mnist
+from serving.contract.sources import load_fashion_mnist
 from training.config import apply_overrides, preset
 from training.data import split_holdout
 from training.eval import embed_images, knn_accuracy, random_init_like

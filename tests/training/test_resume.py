@@ -2,7 +2,7 @@
 
 import torch
 
-from serving.sources import ImageSet
+from serving.contract.sources import ImageSet
 from tests.conftest import sample_images
 from training.checkpoint import load_checkpoint
 from training.config import apply_overrides, preset

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from serving.sources import ImageSet
+from serving.contract.sources import ImageSet
 from tests.conftest import sample_images
 from training.artifact import ENCODER_FORMAT, load_encoder
 from training.config import apply_overrides, preset

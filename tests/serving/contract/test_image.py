@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serving import image
+from serving.contract import image
 from serving.encoder import OnnxEncoder
 from tests.conftest import ODD_IMAGES, REPO
 
@@ -61,7 +61,7 @@ def test_answer_does_not_depend_on_decode_order(odd_images):
     names = [r["file"] for r in ROWS]
     forward = {n: _outcome(_read(odd_images, n)) for n in names}
     code = "\n".join([
-        "import hashlib, json, sys", "from pathlib import Path", "from serving import image",
+        "import hashlib, json, sys", "from pathlib import Path", "from serving.contract import image",
         "def outcome(data):", "    try:",
         f"        return hashlib.sha256(image.load(data, {SIZE}).tobytes()).hexdigest()",
         "    except image.ImageError as exc:", "        return f'ImageError: {exc}'",

@@ -26,7 +26,7 @@ class BundleError(ValueError):
 class Manifest:
     """What a consumer needs to use ``encoder.onnx`` without torch or the training code.
 
-    The ONNX input is uint8 ``[N, input_size, input_size, 3]`` (RGB, NHWC, from :func:`serving.image.load`);
+    The ONNX input is uint8 ``[N, input_size, input_size, 3]`` (RGB, NHWC, from :func:`serving.contract.image.load`);
     the output float32 ``[N, embedding_dim]``, L2-normalised when ``normalized`` is true.
     """
 

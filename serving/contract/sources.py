@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.image import SUPPORTED_FORMATS, ImageError, load
+from serving.contract.image import SUPPORTED_FORMATS, ImageError, load
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +218,7 @@ def load_source(spec: str, split: str = "train", size: int | None = None, labels
     if size and out.images.shape[1] != size:
         from PIL import Image
 
-        from serving.image import fit
+        from serving.contract.image import fit
 
         out.images = np.stack([fit(Image.fromarray(im), size) for im in out.images])
     return out
