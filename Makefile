@@ -30,6 +30,7 @@ dataset:
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 
 test: install dataset lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider

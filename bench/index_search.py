@@ -152,12 +152,12 @@ def compare(name: str, x: np.ndarray, q: np.ndarray, k: int, single: int, budget
 
 
 def fmnist_embeddings(tag: str, n_queries: int) -> tuple[np.ndarray, np.ndarray, str]:
+    from clients.workflows.indexing import open_encoder
     from serving.contract.sources import load_fashion_mnist
-    from serving.indexing import embed_batches, open_encoder
 
     enc = open_encoder(tag)
     train, test = load_fashion_mnist(None, "train"), load_fashion_mnist(None, "test")
-    return embed_batches(enc, train.images), embed_batches(enc, test.images[:n_queries]), enc.version
+    return enc.embed_many(train.images), enc.embed_many(test.images[:n_queries]), enc.version
 
 
 def print_table(rows: list[dict]) -> None:

@@ -105,8 +105,8 @@ def upload_for(size: int) -> tuple[bytes, np.ndarray]:
     """A real Fashion-MNIST image (scaled to ``size``), PNG-encoded as a client would send it."""
     from PIL import Image
 
+    from serving.contract.image import encode_png
     from serving.contract.sources import load_fashion_mnist
-    from tests.serving.server import png
 
     try:
         first = load_fashion_mnist(Path("/usr/share/datasets/fashion-mnist"), "test").images[0]
@@ -114,15 +114,15 @@ def upload_for(size: int) -> tuple[bytes, np.ndarray]:
         first = np.random.default_rng(0).integers(0, 256, (28, 28, 3), dtype=np.uint8)
     img = Image.fromarray(first).resize((size, size), Image.Resampling.BILINEAR)
     arr = np.asarray(img.convert("RGB"))
-    return png(arr), arr
+    return encode_png(arr), arr
 
 
 def run_size(size: int, args, home: Path) -> dict:
     import torch
 
-    from serving.encoder import OnnxEncoder
+    from clients import local_server as srv
+    from serving.contract.encoder import OnnxEncoder
     from serving.store import register_bundle
-    from tests.serving import server as srv
     from training.export import export_bundle
     from training.networks import EncoderConfig, build_encoder
 

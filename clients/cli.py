@@ -1,4 +1,4 @@
-"""``byol``: a table of subcommands → plain ``main(argv) -> int`` functions, imported only when called.
+"""``byol``: a table of subcommands → ``clients.commands.<name>.main(argv) -> int``, imported only when called.
 
 ``byol --help`` therefore needs neither torch nor BentoML. Every failure a user can cause ends with one line on
 stderr (``byol <cmd>: error: …``) and a non-zero exit; ``BYOL_DEBUG=1`` shows the traceback instead.
@@ -13,18 +13,18 @@ import sys
 
 # name → (module:function, one-line help). Each function parses its own arguments.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("training.train:main", "pretrain an encoder with BYOL (presets: fmnist-demo, cifar10, imagenet)"),
-    "eval": ("training.eval:main", "kNN / linear-probe accuracy of an encoder vs raw pixels and random init"),
-    "export": ("clients.export:main", "export f_θ to an ONNX bundle, check parity, register it in the model store"),
-    "serve": ("serving.cli:serve_main", "start the BentoML API (embed, search, classify)"),
-    "embed": ("clients.client:embed_main", "embed image files through a running server"),
-    "index": ("serving.indexing:main", "build / extend the FAISS index of a collection (index build|add)"),
-    "search": ("serving.indexing:search_main", "nearest neighbours of an image in the index (+ PNG grid)"),
-    "probe": ("serving.probing:main", "fit a linear probe and kNN classifier on labelled images (probe fit)"),
-    "retrain": ("clients.retrain:main", "continue BYOL on new unlabeled images, gate, re-index, promote"),
-    "promote": ("serving.release:promote_main", "make a bundle version the served one"),
-    "rollback": ("serving.release:rollback_main", "go back to the previously served version"),
-    "demo": ("clients.demo:main", "the whole job on Fashion-MNIST: train, eval, export, index, probe, serve"),
+    "train": ("clients.commands.train:main", "pretrain an encoder with BYOL (presets: fmnist-demo, cifar10, imagenet)"),
+    "eval": ("clients.commands.eval:main", "kNN / linear-probe accuracy of an encoder vs raw pixels and random init"),
+    "export": ("clients.commands.export:main", "export f_θ to an ONNX bundle, check parity, register it in the store"),
+    "serve": ("clients.commands.serve:main", "start the BentoML API (embed, search, classify)"),
+    "embed": ("clients.commands.embed:main", "embed image files through a running server"),
+    "index": ("clients.commands.index:main", "build / extend the FAISS index of a collection (index build|add)"),
+    "search": ("clients.commands.search:main", "nearest neighbours of an image in the index (+ PNG grid)"),
+    "probe": ("clients.commands.probe:main", "fit a linear probe and kNN classifier on labelled images (probe fit)"),
+    "retrain": ("clients.commands.retrain:main", "continue BYOL on new unlabeled images, gate, re-index, promote"),
+    "promote": ("clients.commands.release:promote_main", "make a bundle version the served one"),
+    "rollback": ("clients.commands.release:rollback_main", "go back to the previously served version"),
+    "demo": ("clients.commands.demo:main", "the whole job on Fashion-MNIST: train, eval, export, index, probe, serve"),
 }
 
 

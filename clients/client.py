@@ -1,4 +1,5 @@
-"""HTTP client of the byol-embed API, sync and async, plus ``byol embed``. Imports nothing of ours.
+"""HTTP client of the byol-embed API, sync and async. Imports nothing of ours (a serving client needs only this file,
+httpx and numpy).
 
 Every method raises :class:`ClientError` (``.status``, ``.message``, ``.url``) when the server answers 4xx/5xx, and
 the same class with ``status=None`` when it cannot be reached or times out, so callers handle one exception type.
@@ -7,11 +8,8 @@ Images are given as a path or as the file's bytes; they are uploaded as multipar
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
-import tempfile
 from pathlib import Path
 
 import httpx
@@ -217,58 +215,3 @@ class AsyncEmbeddingClient(_Base):
     async def reload(self, version: str | None = None) -> dict:
         """See :meth:`EmbeddingClient.reload`."""
         return await self._call("POST", "/admin/reload", admin=True, json={"version": version or ""})
-
-
-def _write(out: str, data: bytes) -> None:
-    """Temp file + rename, so an interrupted ``byol embed --out`` never leaves a torn file."""
-    target = Path(out)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent if str(target.parent) else ".")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def embed_main(argv: list[str]) -> int:
-    """``byol embed IMG... [--url U] [--format json|npy] [--out FILE] [--batch N]``."""
-    p = argparse.ArgumentParser(prog="byol embed", description="embed image files through a running byol server")
-    p.add_argument("images", nargs="+", help="image files")
-    p.add_argument("--url", default=os.environ.get("BYOL_URL", "http://127.0.0.1:3000"))
-    p.add_argument("--format", choices=["json", "npy"], default="json")
-    p.add_argument("--out", help="output file (required for npy; json goes to stdout without it)")
-    p.add_argument("--batch", type=int, default=64, help="images per request (server limit: 256)")
-    p.add_argument("--timeout", type=float, default=60.0)
-    args = p.parse_args(argv)
-    if args.format == "npy" and not args.out:
-        p.error("--format npy needs --out FILE")
-    if args.batch < 1:
-        p.error("--batch must be >= 1")
-    chunks = []
-    with EmbeddingClient(args.url, timeout=args.timeout) as client:
-        for start in range(0, len(args.images), args.batch):
-            chunks.append(client.embed_batch(args.images[start:start + args.batch]))
-        version = client.version
-    vectors = np.concatenate(chunks)
-    if args.format == "npy":
-        import io
-
-        buf = io.BytesIO()
-        np.save(buf, vectors)
-        _write(args.out, buf.getvalue())
-    else:
-        doc = {"version": version, "dim": int(vectors.shape[1]),
-               "items": [{"file": f, "embedding": v.tolist()} for f, v in zip(args.images, vectors, strict=True)]}
-        text = json.dumps(doc) + "\n"
-        if args.out:
-            _write(args.out, text.encode())
-        else:
-            sys.stdout.write(text)
-    if args.out:
-        print(f"{len(vectors)} embeddings ({vectors.shape[1]}-d, version {version}) → {args.out}", file=sys.stderr)
-    return 0

@@ -1,12 +1,9 @@
-"""FAISS similarity search and classifiers over embeddings (numpy + faiss; imports nothing else of ours)."""
+"""FAISS similarity search, the collection it indexes, and the metrics of embeddings (numpy + faiss; nothing of ours).
 
-from index.chooser import IndexChoiceError, choose_index, estimate_memory, parse_factory
-from index.durable import DurableIndex
-from index.knn import KnnClassifier
-from index.probe import LinearProbe
-from index.vector_index import Hit, IndexStoreError, VectorIndex, VersionMismatchError
-
-__all__ = [
-    "Hit", "VectorIndex", "DurableIndex", "IndexStoreError", "VersionMismatchError", "IndexChoiceError",
-    "choose_index", "estimate_memory", "parse_factory", "KnnClassifier", "LinearProbe",
-]
+chooser      (n, d, memory budget) → ranked FAISS factory strings (pure: no faiss calls)
+vector_index one index of one encoder version: ids, metadata, search          snapshot  its on-disk layout
+durable      the served index: write-ahead log, readers-writer lock, kill -9 safe
+collection   every indexed item's URI + label, and uploaded bytes (what a new encoder re-indexes)
+writes       the one write path for index + collection: publish, add, remove, reconcile
+knn, probe   classifiers on embeddings (weighted kNN, linear probe)          metrics  the one set of quality figures
+"""

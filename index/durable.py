@@ -2,8 +2,7 @@
 
 Layout of the directory::
 
-    CURRENT            name of the current snapshot (switched atomically by VectorIndex.save)
-    snap-*/            index.faiss + items.jsonl + meta.json (meta records ``wal_seq``: the last logged op in it)
+    CURRENT, snap-*/   the current snapshot (``index.snapshot``; its meta records ``wal_seq``: the last logged op in it)
     wal.log            adds/removes since that snapshot, one framed record each (magic, length, crc32, payload)
     LOCK               flock: one writing process per directory
 
@@ -21,6 +20,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import struct
 import threading
 import zlib
@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from index.fsio import atomic_write_bytes, fsync_dir
+from index import snapshot
+from index.fsio import atomic_publish_dir, atomic_write_bytes, fsync_dir
 from index.vector_index import Hit, IndexStoreError, VectorIndex, VersionMismatchError
 
 log = logging.getLogger(__name__)
@@ -135,14 +136,14 @@ class DurableIndex:
         lock (a CLI search beside a running service) and refuses writes.
         """
         directory = Path(directory)
-        if not (directory / "CURRENT").is_file() and not create:
+        if not snapshot.exists(directory) and not create:
             raise IndexStoreError(f"no index at {directory}")
         lock_fd = None
         if not read_only:
             directory.mkdir(parents=True, exist_ok=True)
             lock_fd = _take_lock(directory)
         try:
-            if (directory / "CURRENT").is_file():
+            if snapshot.exists(directory):
                 index, meta = VectorIndex.load_with_extra(directory)
                 wal_seq = int(meta.get("wal_seq", 0))
                 if encoder_version is not None and encoder_version != index.encoder_version:
@@ -162,6 +163,29 @@ class DurableIndex:
                 os.close(lock_fd)
             raise
         return cls(directory, index, wal_seq, lock_fd)
+
+    @staticmethod
+    def exists(directory: str | os.PathLike) -> bool:
+        """Whether an index was published at ``directory`` (callers never look inside the directory)."""
+        return snapshot.exists(directory)
+
+    @classmethod
+    def publish(cls, index: VectorIndex, directory: str | os.PathLike, force: bool = False) -> None:
+        """Make a freshly built ``index`` the one at ``directory``: a new directory appears complete (built under
+        a temporary name, renamed); an existing index is replaced durably only with ``force``."""
+        directory = Path(directory)
+        if not snapshot.exists(directory):
+            if directory.exists():
+                shutil.rmtree(directory)  # a directory without a snapshot holds no index (e.g. a bare LOCK)
+            atomic_publish_dir(lambda tmp: index.save(tmp, extra={"wal_seq": 0}), directory)
+            return
+        if not force:
+            raise IndexStoreError(
+                f"an index for {index.encoder_version} already exists at {directory}; pass --force to rebuild it "
+                "(items added since the last build are kept only through the collection)"
+            )
+        with cls.open(directory) as durable:
+            durable.replace(index)
 
     # ------------------------------------------------------------------------------------------ properties
     @property

@@ -5,8 +5,11 @@ Same recipe as ``serving/atomic.py``: write a temp path in the same directory, f
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,3 +51,36 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             fh.write(data)
 
     return atomic_write(path, _write)
+
+
+def now_iso() -> str:
+    """UTC now as ``YYYY-MM-DDTHH:MM:SSZ`` (the one timestamp format of every file byol-embed writes)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def atomic_write_json(path: str | os.PathLike, obj) -> Path:
+    return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def atomic_publish_dir(build: Callable[[Path], None], dest: str | os.PathLike) -> Path:
+    """Build a directory under a temp name beside ``dest`` and rename it into place.
+
+    ``dest`` must not exist yet (published directories are immutable: a new version gets a new name).
+    """
+    dest = Path(dest)
+    if dest.exists():
+        raise FileExistsError(f"{dest} already exists")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        build(tmp)
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                fsync_file(f)
+        fsync_dir(tmp)
+        os.rename(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(dest.parent)
+    return dest

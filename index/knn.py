@@ -1,7 +1,8 @@
 """KnnClassifier: weighted cosine vote among the k nearest labelled embeddings (Wu et al. 2018 / DINO style).
 
 Each neighbour votes for its class with weight exp(cos / temperature); the normalised votes are the class
-probabilities. Exact FAISS inner-product search (labelled sets are small next to the collection).
+probabilities. Exact search in numpy (:func:`knn_votes`): labelled sets are small next to the collection, and the
+same function scores every kNN figure the product reports (``index.metrics``), where FAISS may not be installed.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from index.fsio import atomic_write, atomic_write_bytes
-from index.vector_index import IndexStoreError, VersionMismatchError, normalize
+from index.vector_index import IndexStoreError, VersionMismatchError
 
 KNN_NPZ = "knn.npz"
 KNN_JSON = "knn.json"
@@ -49,6 +50,38 @@ def load_fitted(directory: str | os.PathLike, stem: str, what: str, encoder_vers
     return info, arrays
 
 
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """``[N, D]`` finite numbers → float32 rows of unit L2 norm (an all-zero row stays zero: it votes for nothing
+    in particular rather than failing a whole evaluation)."""
+    x = np.asarray(x)
+    if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
+        raise IndexStoreError(f"expected a numeric [N, D] array, got {x.dtype} {list(x.shape)}")
+    x = x.astype(np.float32)
+    if not np.isfinite(x).all():
+        raise IndexStoreError("vectors contain NaN or infinite values")
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def knn_votes(bank: np.ndarray, bank_labels: np.ndarray, queries: np.ndarray, k: int, temperature: float,
+              n_classes: int, chunk: int = 1024) -> np.ndarray:
+    """Class votes ``[N, n_classes]`` of the ``k`` most cosine-similar bank rows, each weighted exp(sim / T).
+
+    ``bank`` and ``queries`` must be unit rows. Weights are shifted by each query's best similarity (the same
+    normalised votes, no overflow at small T). Exact: one matrix product per ``chunk`` queries.
+    """
+    k = min(int(k), len(bank))
+    votes = np.zeros((len(queries), n_classes), dtype=np.float64)
+    for lo in range(0, len(queries), chunk):
+        sims = queries[lo:lo + chunk] @ bank.T
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < len(bank) else np.broadcast_to(
+            np.arange(len(bank)), (len(sims), len(bank)))
+        s = np.take_along_axis(sims, top, axis=1).astype(np.float64)
+        w = np.exp((s - s.max(axis=1, keepdims=True)) / temperature)
+        rows = np.repeat(np.arange(lo, lo + len(sims)), k)
+        np.add.at(votes, (rows, bank_labels[top].ravel()), w.ravel())
+    return votes
+
+
 def check_labels(labels: np.ndarray, n: int, classes: list[str]) -> np.ndarray:
     y = np.asarray(labels)
     if y.shape != (n,):
@@ -68,16 +101,12 @@ class KnnClassifier:
         x = np.asarray(vectors)
         if x.ndim != 2 or len(x) == 0:
             raise IndexStoreError(f"kNN needs a non-empty [N, D] array, got shape {list(x.shape)}")
-        self.vectors = normalize(x, x.shape[1])
+        self.vectors = unit_rows(x)
         self.labels = check_labels(labels, len(x), classes)
         self.classes = list(classes)
         if k < 1 or temperature <= 0:
             raise IndexStoreError(f"k must be >= 1 and temperature > 0 (got k={k}, temperature={temperature})")
         self.k, self.temperature, self.encoder_version = int(k), float(temperature), encoder_version
-        import faiss
-
-        self._index = faiss.IndexFlatIP(self.vectors.shape[1])
-        self._index.add(self.vectors)
 
     @property
     def dim(self) -> int:
@@ -85,13 +114,11 @@ class KnnClassifier:
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """float ``[N, n_classes]``, rows sum to 1."""
-        q = normalize(X, self.dim, "queries")
-        k = min(self.k, len(self.vectors))
-        sims, idx = self._index.search(q, k)
-        w = np.exp((sims - sims[:, :1]) / self.temperature)  # shifted by the best score: no overflow
-        probs = np.zeros((len(q), len(self.classes)), dtype=np.float64)
-        np.add.at(probs, (np.repeat(np.arange(len(q)), k), self.labels[idx].ravel()), w.ravel())
-        return probs / probs.sum(axis=1, keepdims=True)
+        q = unit_rows(np.asarray(X)[None] if np.ndim(X) == 1 else X)
+        if q.shape[1] != self.dim:
+            raise IndexStoreError(f"queries must have shape [N, {self.dim}], got {list(q.shape)}")
+        votes = knn_votes(self.vectors, self.labels, q, self.k, self.temperature, len(self.classes))
+        return votes / votes.sum(axis=1, keepdims=True)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return self.predict_proba(X).argmax(axis=1)

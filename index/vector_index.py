@@ -18,35 +18,23 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from index.chooser import choose_index, default_nprobe, parse_factory
-from index.fsio import atomic_write_bytes, fsync_dir, fsync_file
+from index.errors import IndexStoreError, VersionMismatchError
+from index.fsio import now_iso
+from index.snapshot import load_snapshot, save_snapshot
 
 log = logging.getLogger(__name__)
+__all__ = ["Hit", "IndexStoreError", "VectorIndex", "VersionMismatchError", "normalize", "set_omp_threads"]
 
 FORMAT_VERSION = 1
-CURRENT = "CURRENT"
-INDEX_FILE = "index.faiss"
-META_FILE = "meta.json"
-ITEMS_FILE = "items.jsonl"
 DEFAULT_EF_SEARCH = 128
 TRAIN_POINTS_PER_LIST = 64  # k-means sample per IVF list: FAISS wants >= 39, more mostly costs time
-
-
-class IndexStoreError(ValueError):
-    """The index, its files or a call's arguments are wrong; the message says what and where."""
-
-
-class VersionMismatchError(IndexStoreError):
-    """Vectors or queries from another encoder version than the one the index was built with."""
 
 
 @dataclass
@@ -54,10 +42,6 @@ class Hit:
     id: int
     score: float
     metadata: dict = field(default_factory=dict)
-
-
-def now_iso() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def _faiss():
@@ -69,13 +53,8 @@ def _faiss():
 def set_omp_threads(n: int) -> None:
     """FAISS's OpenMP threads for this process (global). Why: one query at a time on a busy CPU box runs up to
     ~30x slower with several OpenMP threads (measured here: 1,205 vs 43 single-query QPS, Flat 10k×256, on 2
-    loaded cores); a service that searches from several request threads wants 1. ``BYOL_FAISS_THREADS``
-    applies it at import."""
+    loaded cores); a service that searches from several request threads wants 1 (it calls this at start-up)."""
     _faiss().omp_set_num_threads(max(1, int(n)))
-
-
-if os.environ.get("BYOL_FAISS_THREADS"):
-    set_omp_threads(int(os.environ["BYOL_FAISS_THREADS"]))
 
 
 def gpu_count() -> int:
@@ -329,30 +308,8 @@ class VectorIndex:
 
     def save(self, directory: str | os.PathLike, extra: dict | None = None) -> None:
         """Write a new snapshot under ``directory`` and switch ``CURRENT`` to it atomically."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        snap = Path(tempfile.mkdtemp(prefix=".snap-", dir=directory))
-        try:
-            _faiss().write_index(self._index, str(snap / INDEX_FILE))
-            with open(snap / ITEMS_FILE, "w") as fh:
-                for i, m in self.metadata.items():
-                    fh.write(json.dumps({"id": i, "meta": m}) + "\n")
-            (snap / META_FILE).write_text(json.dumps(self._meta_json(extra), indent=1) + "\n")
-            for f in snap.iterdir():
-                fsync_file(f)
-            fsync_dir(snap)
-            final = directory / f"snap-{time.strftime('%Y%m%d%H%M%S', time.gmtime())}-{snap.name[6:]}"
-            os.rename(snap, final)
-            fsync_dir(directory)
-        except BaseException:
-            shutil.rmtree(snap, ignore_errors=True)
-            raise
-        atomic_write_bytes(directory / CURRENT, (final.name + "\n").encode())
-        for old in directory.glob("snap-*"):
-            if old.name != final.name:
-                shutil.rmtree(old, ignore_errors=True)
-        for stale in directory.glob(".snap-*"):  # left by a crashed save
-            shutil.rmtree(stale, ignore_errors=True)
+        save_snapshot(directory, lambda path: _faiss().write_index(self._index, str(path)), self.metadata,
+                      self._meta_json(extra))
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> VectorIndex:
@@ -361,35 +318,22 @@ class VectorIndex:
     @classmethod
     def load_with_extra(cls, directory: str | os.PathLike) -> tuple[VectorIndex, dict]:
         """Load the current snapshot; also return its meta.json (the durable index keeps its log position there)."""
-        directory = Path(directory)
-        pointer = directory / CURRENT
-        if not pointer.is_file():
-            raise IndexStoreError(f"no index at {directory} ({CURRENT} is missing)")
-        snap = directory / pointer.read_text().strip()
-        try:
-            meta = json.loads((snap / META_FILE).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise IndexStoreError(f"index {directory}: cannot read {META_FILE}: {exc}") from None
-        if meta.get("format_version", 0) > FORMAT_VERSION:
-            raise IndexStoreError(f"index {directory}: format {meta['format_version']} is newer than supported")
+        faiss_file, meta, metadata = load_snapshot(directory, FORMAT_VERSION)
         self = cls.__new__(cls)
         self.dim = int(meta["dim"])
         self.encoder_version = str(meta["encoder_version"])
         self.factory = str(meta["factory"])
         self.spec = parse_factory(self.factory)
         try:
-            self._index = _faiss().read_index(str(snap / INDEX_FILE))
+            self._index = _faiss().read_index(str(faiss_file))
         except Exception as exc:
-            raise IndexStoreError(f"index {directory}: cannot read {INDEX_FILE}: {str(exc).splitlines()[0]}") from None
+            raise IndexStoreError(f"index {directory}: cannot read {faiss_file.name}: {str(exc).splitlines()[0]}"
+                                  ) from None
         self.nprobe = int(meta.get("nprobe", 0))
         self.ef_search = int(meta.get("ef_search", 0))
         self.next_id = int(meta["next_id"])
         self.tombstones = {int(i) for i in meta.get("tombstones", [])}
-        self.metadata = {}
-        with open(snap / ITEMS_FILE) as fh:
-            for line in fh:
-                row = json.loads(line)
-                self.metadata[int(row["id"])] = row["meta"]
+        self.metadata = metadata
         self._gpu = None
         self._gpu_lock = threading.Lock()
         self._apply_search_params()  # read_index forgets nprobe / efSearch

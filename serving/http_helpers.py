@@ -1,5 +1,7 @@
 """Torch-free helpers behind the HTTP endpoints: upload → pixels, token check, results → JSON.
 
+Index and collection writes are not here: they go through ``index.writes``, the one write path.
+
 Kept apart from ``service.py`` so the service stays a list of thin endpoints, and so each rule (what a bad upload
 answers, how the token is compared) lives in one place.
 """
@@ -67,60 +69,3 @@ def proba_json(classes, proba: np.ndarray) -> dict:
     best = int(np.argmax(proba))
     return {"label": str(classes[best]),
             "probabilities": {str(c): float(p) for c, p in zip(classes, proba, strict=True)}}
-
-
-def add_to_index(index, version: str, vectors: np.ndarray, datas: list[bytes], labels: list[str] | None) -> np.ndarray:
-    """Keep the image bytes in the collection (so a new encoder can re-index them), then add the vectors.
-
-    Order matters for crashes: the bytes are stored first, the index's log is fsynced last, so every
-    acknowledged id can be rebuilt; a crash in between leaves an unindexed collection item, never the reverse.
-    """
-    from serving import collection
-
-    labels = labels if labels is not None else [None] * len(datas)
-    uris = [collection.store_image_bytes(data) for data in datas]
-    collection.add_items([{"uri": u, "label": lab} for u, lab in zip(uris, labels, strict=True)])
-    metadata = [{"uri": u, "label": lab} for u, lab in zip(uris, labels, strict=True)]
-    return index.add(vectors, metadata, version)
-
-
-def remove_from_index(index, ids: list[int]) -> int:
-    """Remove from the index and record the removal in the collection, so a rebuild for a new encoder version
-    does not bring the items back."""
-    from serving import collection
-
-    uris = [m["uri"] for m in (index.metadata(int(i)) for i in ids) if m and m.get("uri")]
-    removed = index.remove(ids)
-    collection.remove_items(uris)
-    return removed
-
-
-def sync_with_collection(index, encoder, version: str, batch: int = 256) -> dict:
-    """Bring a version's index in line with the collection before it is swapped in.
-
-    Why: a new version's index is rebuilt from the collection (``byol index build --collection``) while the old
-    version keeps serving; images added or removed over HTTP in between would otherwise vanish or come back at
-    the swap. The service runs this under the same lock as /index/add and /index/remove, so nothing slips
-    between the sync and the swap.
-    """
-    from serving import collection
-
-    wanted = {it.uri: it for it in collection.iter_items()}
-    present = index.items()
-    have = {m.get("uri") for _, m in present}
-    stale = [i for i, m in present if m.get("uri") not in wanted]
-    missing = [it for uri, it in wanted.items() if uri not in have]
-    added = 0
-    for lo in range(0, len(missing), batch):
-        chunk, pixels = [], []
-        for it in missing[lo:lo + batch]:
-            try:
-                pixels.append(collection.load_image(it.uri, encoder.input_size))
-                chunk.append(it)
-            except (ValueError, OSError):  # an item that cannot be read any more is skipped, as a rebuild does
-                continue
-        if chunk:
-            index.add(encoder.embed(np.stack(pixels)), [{"uri": it.uri, "label": it.label} for it in chunk], version)
-            added += len(chunk)
-    removed = index.remove(stale) if stale else 0
-    return {"added": added, "removed": removed}

@@ -2,18 +2,17 @@
 
 Promotion and rollback only move this pointer (atomically); bundles, indexes and probes are immutable per
 version, so the served pair (encoder + its index) can never be half-replaced. A running server picks the change
-up through ``POST /admin/reload`` (``--url``), which swaps encoder + index + probe together.
+up through ``POST /admin/reload`` (``byol promote --url``), which swaps encoder + index + probe together.
+This module is the pointer alone: the commands that move it and reload a server live in ``clients/``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import os
-from datetime import UTC, datetime
 
-from serving.contract.atomic import atomic_write_json
+from index.durable import DurableIndex
+from serving.contract.atomic import atomic_write_json, now_iso
 from serving.paths import index_dir, release_file
 
 log = logging.getLogger(__name__)
@@ -25,6 +24,7 @@ class ReleaseError(ValueError):
 
 
 def read_release() -> dict:
+    """``{"current", "history", ...}``; a missing file means nothing was promoted, a corrupt one raises."""
     path = release_file()
     if not path.is_file():
         return {"current": None, "history": []}
@@ -32,12 +32,20 @@ def read_release() -> dict:
         obj = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ReleaseError(f"{path} is corrupt ({exc}); fix or delete it, then promote a version") from None
+    if not isinstance(obj, dict):
+        raise ReleaseError(f"{path} is not a JSON object with a 'current' version; fix or delete it")
     obj.setdefault("history", [])
     return obj
 
 
 def current_version() -> str | None:
+    """The promoted version, or ``None`` when nothing was ever promoted."""
     return read_release().get("current")
+
+
+def served_tag() -> str:
+    """What a server loads by default: the promoted version, else ``latest`` (the newest bundle in the store)."""
+    return current_version() or "latest"
 
 
 def _check_promotable(version: str) -> None:
@@ -45,7 +53,7 @@ def _check_promotable(version: str) -> None:
     from serving.store import bundle_path
 
     read_bundle(bundle_path(version))  # raises BundleError with a clear line when missing/corrupt
-    if not index_dir(version).exists():
+    if not DurableIndex.exists(index_dir(version)):
         log.warning("version %s has no index yet (%s): /search will answer 409 until one is built",
                     version, index_dir(version))
 
@@ -63,7 +71,7 @@ def promote(version: str, reason: str = "") -> dict:
     rel = {
         "current": version,
         "history": history[:HISTORY_LIMIT],
-        "promoted_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "promoted_at": now_iso(),
         "reason": reason,
     }
     atomic_write_json(release_file(), rel)
@@ -81,43 +89,8 @@ def rollback() -> dict:
     rel = {
         "current": target,
         "history": rest,
-        "promoted_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "promoted_at": now_iso(),
         "reason": f"rollback from {rel.get('current')}",
     }
     atomic_write_json(release_file(), rel)
     return rel
-
-
-def _reload(url: str | None, token: str | None, version: str) -> None:
-    if not url:
-        return
-    from clients.client import EmbeddingClient
-
-    info = EmbeddingClient(url, token=token or os.environ.get("BYOL_ADMIN_TOKEN")).reload(version)
-    print(f"server at {url} now serves {info.get('version', version)}")
-
-
-def _parser(prog: str, with_version: bool) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog)
-    if with_version:
-        p.add_argument("version", help="bundle version (or byol-encoder:<version>)")
-    p.add_argument("--url", default=None, help="a running server to reload (POST /admin/reload)")
-    p.add_argument("--token", default=None, help="admin token (default: $BYOL_ADMIN_TOKEN)")
-    return p
-
-
-def promote_main(argv: list[str]) -> int:
-    args = _parser("byol promote", True).parse_args(argv)
-    version = args.version.split(":", 1)[-1]
-    rel = promote(version, reason="byol promote")
-    print(f"current: {rel['current']}  (rollback target: {(rel['history'] or [None])[0]})")
-    _reload(args.url, args.token, rel["current"])
-    return 0
-
-
-def rollback_main(argv: list[str]) -> int:
-    args = _parser("byol rollback", False).parse_args(argv)
-    rel = rollback()
-    print(f"rolled back: current is now {rel['current']}")
-    _reload(args.url, args.token, rel["current"])
-    return 0

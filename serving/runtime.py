@@ -7,19 +7,20 @@ probe of another, and every response can name the version that produced it. Torc
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 import numpy as np
 
 from serving import paths
 from serving.batching import MicroBatcher
+from serving.contract.atomic import now_iso
 from serving.contract.bundle import BundleError
-from serving.encoder import OnnxEncoder
+from serving.contract.encoder import OnnxEncoder
+from serving.contract.sources import decode_each, read_uri
+from serving.release import served_tag
 
 log = logging.getLogger(__name__)
 
@@ -29,24 +30,7 @@ MAX_WAIT_MS = 2.0  # longest a lone request waits for others to share its model 
 
 def resolve_tag(explicit: str | None = None) -> str:
     """Which bundle to serve: an explicit tag, else ``$BYOL_MODEL_TAG``, else the promoted release, else latest."""
-    if explicit:
-        return explicit
-    if os.environ.get("BYOL_MODEL_TAG"):
-        return os.environ["BYOL_MODEL_TAG"]
-    return promoted_tag()
-
-
-def promoted_tag() -> str:
-    """The version ``release.json`` names as current, else ``latest`` (what ``/admin/reload`` loads by default)."""
-    release = paths.release_file()
-    if release.is_file():
-        try:
-            current = json.loads(release.read_text()).get("current")
-        except (json.JSONDecodeError, AttributeError) as exc:
-            raise BundleError(f"{release} is not valid JSON with a 'current' version: {exc}") from None
-        if current:
-            return str(current)
-    return "latest"
+    return explicit or os.environ.get("BYOL_MODEL_TAG") or served_tag()
 
 
 class _IndexCache:
@@ -62,11 +46,11 @@ class _IndexCache:
         with self._lock:
             if version in self._open:
                 return self._open[version], ""
-            directory = paths.index_dir(version)
-            if not (directory / "CURRENT").is_file():
-                return None, f"no index for version {version}; run 'byol index build --model {version}'"
             from index.durable import DurableIndex
 
+            directory = paths.index_dir(version)
+            if not DurableIndex.exists(directory):
+                return None, f"no index for version {version}; run 'byol index build --model {version}'"
             idx = DurableIndex.open(directory, dim=dim, encoder_version=version)
             self._open[version] = idx
             return idx, ""
@@ -157,6 +141,13 @@ class Runtime:
                          else 0.0},
         }
 
+    def embed_items(self, items: list, collection) -> tuple[np.ndarray, list]:
+        """Collection items → vectors of those that can still be read (``index.writes.reconcile``'s ``embed``)."""
+        pixels, readable, _ = decode_each(items, lambda it: read_uri(it.uri, self.input_size, collection),
+                                          what="collection item")
+        vectors = self.encoder.embed_many(np.stack(pixels)) if pixels else np.zeros((0, self.dim), np.float32)
+        return vectors, readable
+
     def close(self) -> None:
         """Stop the batcher's worker (in-flight requests still get answers; indexes stay open in the cache)."""
         self.batcher.close()
@@ -221,4 +212,4 @@ def load_runtime(tag: str, *, max_batch_size: int = MAX_BATCH_SIZE, max_wait_ms:
              "none" if index is None else f"{len(index)} items", [k for k in ("probe", "knn") if k not in missing])
     return Runtime(encoder=encoder, index=index, probe=probe, knn=knn, missing=missing,
                    batcher=MicroBatcher(encoder.embed, max_batch_size, max_wait_ms),
-                   loaded_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+                   loaded_at=now_iso())

@@ -19,30 +19,31 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from serving.paths import use_store
+import bentoml
+from anyio import to_thread
+from bentoml.exceptions import BentoMLException
+from pydantic import Field
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
-use_store()  # BENTOML_HOME under BYOL_HOME unless set, before bentoml is imported
-# One FAISS thread per search: requests search concurrently, and OpenMP threads fighting over a busy CPU made a
-# single query up to ~30x slower (bench/index_search.py, index/vector_index.py:set_omp_threads).
-os.environ.setdefault("BYOL_FAISS_THREADS", "1")
-
-import bentoml  # noqa: E402
-from anyio import to_thread  # noqa: E402
-from bentoml.exceptions import BentoMLException  # noqa: E402
-from pydantic import Field  # noqa: E402
-from starlette.applications import Starlette  # noqa: E402
-from starlette.requests import Request  # noqa: E402
-from starlette.responses import JSONResponse  # noqa: E402
-from starlette.routing import Route  # noqa: E402
-
-from serving import http_helpers as h  # noqa: E402
-from serving.contract.bundle import MODEL_NAME, BundleError  # noqa: E402
-from serving.errors import BadRequest, Conflict, NotFoundError  # noqa: E402
-from serving.runtime import Runtime, check_bundle, load_runtime, promoted_tag, resolve_tag  # noqa: E402
-from serving.upload_guard import UploadGuard  # noqa: E402
+from index import writes
+from index.collection import Collection
+from index.vector_index import set_omp_threads
+from serving import http_helpers as h
+from serving import paths
+from serving.contract.bundle import MODEL_NAME, BundleError
+from serving.errors import BadRequest, Conflict, NotFoundError
+from serving.release import ReleaseError, served_tag
+from serving.runtime import Runtime, check_bundle, load_runtime, resolve_tag
+from serving.upload_guard import UploadGuard
 
 log = logging.getLogger("byol.service")
 
+# BentoML imports this module as its entry point, so the entry point configures explicitly, here and only here:
+# BENTOML_HOME under BYOL_HOME unless set (the model store is first read just below, by the class attribute).
+paths.use_store()
 MODEL_TAG = resolve_tag()
 Image = Annotated[Path, Field(description="an image file (JPEG, PNG, GIF, BMP, TIFF, WebP, ...)")]
 
@@ -68,6 +69,10 @@ class ByolEmbed:
             raise BentoMLException(str(exc)) from None
 
     def __init__(self) -> None:
+        # One FAISS thread per search: requests search concurrently, and OpenMP threads fighting over a busy CPU
+        # made a single query up to ~30x slower (bench/index_search.py, index.vector_index.set_omp_threads).
+        set_omp_threads(int(os.environ.get("BYOL_FAISS_THREADS", "1")))
+        self.collection = Collection(paths.collection_dir())
         self.runtime: Runtime = load_runtime(MODEL_TAG)
         self.admin_token = os.environ.get("BYOL_ADMIN_TOKEN") or None
         self._reload_lock = asyncio.Lock()
@@ -133,7 +138,8 @@ class ByolEmbed:
         x, datas = await to_thread.run_sync(h.decode_uploads, images, rt.input_size)
         vecs = await rt.embed(x)
         async with self._writes:
-            ids = await to_thread.run_sync(h.add_to_index, rt.index, rt.version, vecs, datas, labels)
+            ids = await to_thread.run_sync(writes.add_images, rt.index, self.collection, vecs, datas, labels,
+                                           rt.version)
         return {"version": rt.version, "ids": [int(i) for i in ids]}
 
     @bentoml.api(route="/index/remove")
@@ -144,7 +150,7 @@ class ByolEmbed:
         if rt.index is None:
             raise Conflict(rt.missing["index"])
         async with self._writes:
-            removed = await to_thread.run_sync(h.remove_from_index, rt.index, ids)
+            removed = await to_thread.run_sync(writes.remove, rt.index, self.collection, ids)
         return {"version": rt.version, "removed": int(removed)}
 
     @bentoml.api(route="/admin/reload")
@@ -155,14 +161,15 @@ class ByolEmbed:
         """
         h.check_token(ctx.request.headers, self.admin_token)
         async with self._reload_lock:
-            tag = version or promoted_tag()
             try:
-                new = await to_thread.run_sync(load_runtime, tag)
-            except BundleError as exc:
+                new = await to_thread.run_sync(load_runtime, version or served_tag())
+            except (BundleError, ReleaseError) as exc:
                 raise (NotFoundError if "no bundle" in str(exc) else Conflict)(str(exc)) from None
             async with self._writes:  # nothing added or removed between the reconcile and the swap is lost
                 if new.index is not None and new.version != self.runtime.version:
-                    synced = await to_thread.run_sync(h.sync_with_collection, new.index, new.encoder, new.version)
+                    synced = await to_thread.run_sync(writes.reconcile, new.index, self.collection,
+                                                      lambda items: new.embed_items(items, self.collection),
+                                                      new.version)
                     log.info("index of %s reconciled with the collection: %s", new.version, synced)
                 old, self.runtime = self.runtime, new
             if old is not new:

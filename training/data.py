@@ -15,21 +15,10 @@ import numpy as np
 import torch
 
 from serving.contract.sources import ImageSet, SourceError, load_cifar10, load_source
+from serving.contract.splits import split_holdout
 
 log = logging.getLogger(__name__)
-
-
-def split_holdout(data: ImageSet, fraction: float, seed: int) -> tuple[ImageSet, ImageSet | None]:
-    """Deterministic split by ``seed``: returns ``(train, holdout)``; holdout is None when ``fraction`` is 0."""
-    if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"holdout fraction must be in [0, 1), got {fraction}")
-    n_hold = int(round(len(data) * fraction))
-    if n_hold == 0:
-        return data, None
-    if n_hold >= len(data):
-        raise SourceError(f"holdout of {n_hold} leaves no training images (only {len(data)} images)")
-    perm = np.random.default_rng(seed).permutation(len(data))
-    return data.subset(np.sort(perm[n_hold:])), data.subset(np.sort(perm[:n_hold]))
+__all__ = ["Batcher", "BatchState", "download_cifar10", "load_training_data", "split_holdout"]
 
 
 def load_training_data(source: str, size: int, data_root: str | None = None, holdout_fraction: float = 0.1,

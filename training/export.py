@@ -135,7 +135,7 @@ def _check(name: str, figures: dict, atol: float, min_cosine: float) -> None:
 
 def _onnx_embed(bundle_dir: Path, batch: np.ndarray, onnx_file: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Embed ``batch`` in one call and one image at a time (the graph must not depend on batch size)."""
-    from serving.encoder import OnnxEncoder
+    from serving.contract.encoder import OnnxEncoder
 
     enc = OnnxEncoder(bundle_dir, intra_op_threads=1, onnx_file=onnx_file)
     whole = enc.embed(batch)

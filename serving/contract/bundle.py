@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
+from serving.contract.atomic import now_iso
+
 FORMAT_VERSION = 1
 ONNX_FILE = "encoder.onnx"
 MANIFEST_FILE = "manifest.json"
@@ -62,10 +64,6 @@ class Manifest:
                 f"bundle format {obj['format_version']} is newer than this byol-embed reads ({FORMAT_VERSION})"
             )
         return cls(**{k: v for k, v in obj.items() if k in known})
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def new_version(onnx_bytes: bytes) -> str:

@@ -14,10 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-# Register every plugin once, in a fixed order: Pillow otherwise registers plugins lazily and the format it
-# guesses for an ambiguous file (an icon read as TGA) can depend on what was opened before in the process.
-Image.init()
-
 SUPPORTED_FORMATS = frozenset(
     {"JPEG", "PNG", "GIF", "BMP", "DIB", "TIFF", "WEBP", "MPO", "ICO", "CUR", "PPM", "AVIF"}
 )
@@ -44,6 +40,9 @@ def _open(data: bytes, limits: ImageLimits) -> Image.Image:
         raise ImageError("empty upload: the image has 0 bytes")
     if len(data) > limits.max_bytes:
         raise ImageError(f"image too large: {len(data)} bytes (limit {limits.max_bytes})")
+    # Every plugin registered (once; cheap after), in a fixed order: Pillow otherwise registers plugins lazily and
+    # the format it guesses for an ambiguous file (an icon read as TGA) can depend on what was opened before.
+    Image.init()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -133,6 +132,13 @@ def fit(img: Image.Image, size: int) -> np.ndarray:
 def load(data: bytes, size: int, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
     """Upload bytes → model input ``uint8 [size, size, 3]`` (raises :class:`ImageError`)."""
     return fit(decode(data, limits), size)
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    """uint8 ``[H, W, 3]`` (or ``[H, W]``) → PNG bytes: how dataset pixels become an upload-like file."""
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def load_batch(items: list[bytes], size: int, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:

@@ -6,18 +6,22 @@ read the same pixels. Labels are never needed for training; they only feed evalu
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import logging
 import os
 import pickle
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
+from PIL import Image
 
-from serving.contract.image import SUPPORTED_FORMATS, ImageError, load
+from serving.contract.image import SUPPORTED_FORMATS, encode_png, fit, load
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +170,37 @@ def iter_image_files(root: str | os.PathLike) -> Iterator[Path]:
                 yield Path(dirpath) / name
 
 
+T = TypeVar("T")
+
+
+def decode_each(entries: Iterable[T], read: Callable[[T], np.ndarray], limit: int | None = None,
+                what: str = "image") -> tuple[list[np.ndarray], list[T], int]:
+    """The one decode-and-skip loop: ``read(entry)`` for each entry; an unreadable one is logged, counted, skipped.
+
+    Returns ``(pixels, entries that were read, skipped)``; stops after ``limit`` readable entries. "Unreadable" is
+    any ``ValueError`` (``ImageError``, ``SourceError``, a collection's error) or ``OSError``, never a crash.
+    """
+    pixels, kept, skipped = [], [], 0
+    for entry in entries:
+        try:
+            pixels.append(read(entry))
+        except (ValueError, OSError) as exc:
+            skipped += 1
+            log.warning("skipping %s %s: %s", what, entry, exc)
+            continue
+        kept.append(entry)
+        if limit is not None and len(kept) >= limit:
+            break
+    return pixels, kept, skipped
+
+
+def read_files(files: Iterable[Path], size: int, limit: int | None = None) -> tuple[ImageSet, list[Path]]:
+    """Decode image files to ``size`` (unreadable ones skipped and counted): the set, and the files it holds."""
+    pixels, kept, skipped = decode_each(files, lambda f: load(Path(f).read_bytes(), size), limit)
+    images = np.stack(pixels) if pixels else np.zeros((0, size, size, 3), np.uint8)
+    return ImageSet(images, uris=[str(Path(f).resolve()) for f in kept], skipped=skipped), kept
+
+
 def read_folder(root: str | os.PathLike, size: int, labels_from_dirs: bool = False) -> ImageSet:
     """Decode every image under ``root`` to ``size``; unreadable files are skipped and counted, never fatal.
 
@@ -175,56 +210,106 @@ def read_folder(root: str | os.PathLike, size: int, labels_from_dirs: bool = Fal
     files = list(iter_image_files(root))
     if not files:
         raise SourceError(f"no image files under {root} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-    images, uris, names, skipped = [], [], [], 0
-    for path in files:
-        try:
-            images.append(load(path.read_bytes(), size))
-        except (ImageError, OSError) as exc:
-            skipped += 1
-            log.warning("skipping %s: %s", path, exc)
-            continue
-        uris.append(str(path.resolve()))
-        if labels_from_dirs:
-            rel = path.relative_to(root)
-            names.append(rel.parts[0] if len(rel.parts) > 1 else "")
-    if not images:
+    out, kept = read_files(files, size)
+    if not len(out):
         raise SourceError(f"none of the {len(files)} image files under {root} could be read")
-    labels = classes = None
     if labels_from_dirs:
-        classes = sorted(set(names))
-        lookup = {c: i for i, c in enumerate(classes)}
-        labels = np.array([lookup[n] for n in names], dtype=np.int64)
-    return ImageSet(np.stack(images), labels, classes, uris, skipped)
+        names = [(p.relative_to(root).parts[0] if len(p.relative_to(root).parts) > 1 else "") for p in kept]
+        out.classes = sorted(set(names))
+        lookup = {c: i for i, c in enumerate(out.classes)}
+        out.labels = np.array([lookup[n] for n in names], dtype=np.int64)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------
+# One name per data set, whatever the user typed
+
+
+DATASETS = {"fashion-mnist": ("fashion-mnist", "fmnist", "fashion_mnist"), "cifar10": ("cifar10", "cifar-10")}
+
+
+def dataset_name(spec: str) -> str | None:
+    """``fashion-mnist`` / ``cifar10`` for any of their spellings, ``None`` for anything else (a folder path)."""
+    low = str(spec).lower()
+    return next((name for name, aliases in DATASETS.items() if low in aliases), None)
 
 
 def load_source(spec: str, split: str = "train", size: int | None = None, labels_from_dirs: bool = False,
                 data_root: str | None = None) -> ImageSet:
-    """One entry point for every CLI: ``fashion-mnist``, ``cifar10`` (with ``data_root``) or a folder path.
+    """One entry point for every command: ``fashion-mnist``, ``cifar10`` (with ``data_root``) or a folder path.
 
     ``size`` resizes dataset images through the serving contract when it differs from the native size.
     """
-    name = spec.lower()
-    if name in ("fashion-mnist", "fmnist", "fashion_mnist"):
+    name = dataset_name(spec)
+    if name == "fashion-mnist":
         out = load_fashion_mnist(data_root, split)
-    elif name in ("cifar10", "cifar-10"):
+    elif name == "cifar10":
         if not data_root:
             raise SourceError("cifar10 needs --data-root (a folder holding cifar-10-batches-py/)")
         out = load_cifar10(data_root, split)
     else:
         return read_folder(spec, size or 64, labels_from_dirs)
     if size and out.images.shape[1] != size:
-        from PIL import Image
-
-        from serving.contract.image import fit
-
         out.images = np.stack([fit(Image.fromarray(im), size) for im in out.images])
     return out
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Collection URIs → pixels (dataset items by index; everything else through the collection's bytes)
+
+
+DATASET_URI = re.compile(r"^(fashion-mnist|cifar10):(train|test)/(\d+)$")
+
+
+@functools.lru_cache(maxsize=4)
+def _dataset(name: str, split: str, data_root: str | None) -> ImageSet:
+    if name == "cifar10":
+        data_root = data_root or os.environ.get("BYOL_CIFAR10_ROOT")
+    return load_source(name, split, data_root=data_root)
+
+
+def _dataset_pixels(uri: str, data_root: str | None) -> np.ndarray | None:
+    m = DATASET_URI.match(uri)
+    if m is None:
+        return None
+    name, split, idx = m.groups()
+    images = _dataset(name, split, data_root).images
+    if int(idx) >= len(images):
+        raise SourceError(f"{uri}: index out of range ({len(images)} images in {name} {split})")
+    return images[int(idx)]
+
+
+def read_uri(uri: str, size: int, collection, data_root: str | None = None) -> np.ndarray:
+    """A collection item as model input ``uint8 [size, size, 3]`` (raises ``ValueError``s naming the URI)."""
+    pixels = _dataset_pixels(uri, data_root)
+    if pixels is None:
+        return load(collection.read_bytes(uri), size)
+    return pixels if pixels.shape[0] == size else fit(Image.fromarray(pixels), size)
+
+
+def read_uri_bytes(uri: str, collection, data_root: str | None = None) -> bytes:
+    """A collection item's encoded bytes (dataset items encoded as PNG)."""
+    pixels = _dataset_pixels(uri, data_root)
+    return collection.read_bytes(uri) if pixels is None else encode_png(pixels)
+
+
+def read_items(items: Iterable, size: int, collection, data_root: str | None = None) -> ImageSet:
+    """Collection items (``.uri``, ``.label``) → an ImageSet with labels when every item has one; unreadable
+    items are skipped and counted (a rebuild re-indexes the images themselves, never old vectors)."""
+    pixels, kept, skipped = decode_each(items, lambda it: read_uri(it.uri, size, collection, data_root),
+                                        what="collection item")
+    if not pixels:
+        raise SourceError("the collection is empty: build an index from a data set or add images first")
+    names = [it.label for it in kept]
+    labels = classes = None
+    if all(n is not None for n in names):
+        classes = sorted(set(names))
+        labels = np.array([classes.index(n) for n in names], dtype=np.int64)
+    return ImageSet(np.stack(pixels), labels, classes, [it.uri for it in kept], skipped)
+
+
 __all__ = [
-    "ImageSet", "SourceError", "load_source", "load_fashion_mnist", "load_cifar10", "read_folder",
-    "iter_image_files", "SUPPORTED_FORMATS", "FASHION_MNIST_CLASSES", "CIFAR10_CLASSES",
+    "ImageSet", "SourceError", "load_source", "load_fashion_mnist", "load_cifar10", "read_folder", "read_files",
+    "read_items", "read_uri", "read_uri_bytes", "decode_each", "dataset_name", "iter_image_files",
+    "SUPPORTED_FORMATS", "FASHION_MNIST_CLASSES", "CIFAR10_CLASSES",
 ]

@@ -1,133 +1,9 @@
-"""Start and stop a real ``bentoml serve`` of the byol-embed service on a free loopback port (tests, bench)."""
+"""Test helpers around a real server: the launcher (``clients.local_server``) and a prepared model version."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass, field
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[2]
-SERVICE = "serving.service:ByolEmbed"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Server:
-    url: str
-    proc: subprocess.Popen
-    log_path: Path
-    env: dict = field(repr=False, default_factory=dict)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
-        """Signal the whole process group (BentoML runs a main and a worker process) and wait."""
-        workers = descendants(self.proc.pid)
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        for pid in workers:  # a worker that outlived its main process (it runs in its own session)
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        return self.proc.returncode
-
-    def kill9(self) -> None:
-        """SIGKILL the main process and its workers at once (BentoML starts workers in their own sessions, so a
-        process-group kill alone would leave them running), as a power cut would."""
-        pids = [self.proc.pid, *descendants(self.proc.pid)]
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.proc.wait(10)
-
-
-def descendants(pid: int) -> list[int]:
-    """All live descendants of ``pid`` (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/readyz", timeout=2) as r:
-            return r.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def command(port: int, service: str = SERVICE) -> list[str]:
-    return [sys.executable, "-m", "bentoml", "serve", service, "--host", "127.0.0.1", "--port", str(port)]
-
-
-def start(env: dict | None = None, timeout: float = 90.0, service: str = SERVICE, cmd: list[str] | None = None,
-          port: int | None = None) -> Server:
-    """Start a server and wait for ``/readyz``; raise ``RuntimeError`` with its log if it exits or times out.
-
-    ``cmd`` replaces ``bentoml serve ...`` (e.g. ``byol serve``); then pass the ``port`` it listens on.
-    """
-    port = port or free_port()
-    full_env = {**os.environ, **(env or {}), "BENTOML_DO_NOT_TRACK": "true", "PYTHONPATH": str(REPO)}
-    log_path = Path(tempfile.mkstemp(prefix="byol-server-", suffix=".log")[1])
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd or command(port, service), cwd=REPO, env=full_env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    server = Server(f"http://127.0.0.1:{port}", proc, log_path, full_env)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{server.log()[-3000:]}")
-        if _ready(server.url):
-            return server
-        time.sleep(0.2)
-    server.stop()
-    raise RuntimeError(f"server not ready after {timeout:.0f} s:\n{server.log()[-3000:]}")
-
-
-def png(pixels) -> bytes:
-    """uint8 [H, W, 3] → PNG bytes (what a client uploads)."""
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, "PNG")
-    return buf.getvalue()
+from clients.local_server import REPO, SERVICE, Server, command, descendants, free_port, start  # noqa: F401
+from serving.contract.image import encode_png as png  # noqa: F401  (what a client uploads)
 
 
 def prepare_version(tag: str, n_fit: int = 200) -> dict:
@@ -141,8 +17,8 @@ def prepare_version(tag: str, n_fit: int = 200) -> dict:
     from index.knn import KnnClassifier
     from index.probe import LinearProbe
     from serving import paths
+    from serving.contract.encoder import OnnxEncoder
     from serving.contract.image import load
-    from serving.encoder import OnnxEncoder
     from serving.store import bundle_path
     from tests.conftest import sample_images
 
@@ -150,7 +26,7 @@ def prepare_version(tag: str, n_fit: int = 200) -> dict:
     enc = OnnxEncoder(bdir)
     version = enc.version
     idir = paths.index_dir(version)
-    if not (idir / "CURRENT").is_file():
+    if not DurableIndex.exists(idir):
         DurableIndex.open(idir, dim=enc.dim, encoder_version=version, factory="Flat", create=True).close()
     imgs = sample_images(n_fit)
     x = enc.embed(np.stack([load(png(im), enc.input_size) for im in imgs]))

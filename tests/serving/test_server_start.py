@@ -64,7 +64,7 @@ def test_byol_serve_answers_and_stops_on_sigterm(registered_bundle):
 
 def test_service_imports_no_torch():
     """A CPU serving box installs no torch: importing the service (and everything it loads) must not need it."""
-    code = ("import sys; import serving.service, serving.cli, clients.client; "
+    code = ("import sys; import serving.service, clients.workflows.serve, clients.client; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'training')]; "
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], cwd=srv.REPO, capture_output=True, text=True, timeout=120)

@@ -3,26 +3,12 @@ import pytest
 import torch
 
 from serving.contract.sources import ImageSet, SourceError
-from training.data import Batcher, split_holdout
+from training.data import Batcher
 
 
 def _set(n=50):
     images = np.arange(n, dtype=np.uint8)[:, None, None, None].repeat(4, 1).repeat(4, 2).repeat(3, 3)
     return ImageSet(images, np.arange(n) % 3)
-
-
-def test_split_is_deterministic_and_disjoint():
-    a_train, a_hold = split_holdout(_set(), 0.2, seed=5)
-    b_train, b_hold = split_holdout(_set(), 0.2, seed=5)
-    assert np.array_equal(a_hold.images, b_hold.images) and len(a_hold) == 10
-    ids_train, ids_hold = set(a_train.images[:, 0, 0, 0]), set(a_hold.images[:, 0, 0, 0])
-    assert not ids_train & ids_hold and len(ids_train | ids_hold) == 50
-
-
-def test_split_depends_on_seed():
-    _, a = split_holdout(_set(), 0.2, seed=1)
-    _, b = split_holdout(_set(), 0.2, seed=2)
-    assert not np.array_equal(a.images, b.images)
 
 
 def test_batcher_covers_an_epoch_without_repeats():

@@ -4,10 +4,11 @@ encoder of the same architecture on held-out images by a clear kNN margin (measu
 import numpy as np
 import pytest
 
+from index.metrics import knn_accuracy
 from serving.contract.sources import load_fashion_mnist
+from serving.contract.splits import split_holdout
 from training.config import apply_overrides, preset
-from training.data import split_holdout
-from training.eval import embed_images, knn_accuracy, random_init_like
+from training.eval import embed_images, random_init_like
 from training.train import train
 
 STEPS = 150

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from serving.contract.bundle import FORMAT_VERSION, MANIFEST_FILE, BundleError, Manifest, read_bundle, write_bundle
-from serving.encoder import OnnxEncoder
+from serving.contract.encoder import OnnxEncoder
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from serving.contract import image
-from serving.encoder import OnnxEncoder
+from serving.contract.encoder import OnnxEncoder
 from tests.conftest import ODD_IMAGES, REPO
 
 SIZE = 32

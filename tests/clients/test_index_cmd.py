@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 
 from clients.cli import main as byol
+from clients.workflows.indexing import collection, embed_chunks, partial_dir, read_images
 from index.durable import DurableIndex
 from serving import paths
-from serving.collection import iter_items
-from serving.encoder import OnnxEncoder
-from serving.indexing import embed_chunks, partial_dir, read_images
+from serving.contract.encoder import OnnxEncoder
 from serving.store import bundle_path
 
 N = 300
@@ -44,7 +43,7 @@ def test_an_indexed_image_finds_itself_first(built, fmnist_test):
 
 
 def test_build_records_items_in_the_collection(built):
-    uris = {it.uri for it in iter_items()}
+    uris = {it.uri for it in collection().items()}
     assert {f"fashion-mnist:test/{i}" for i in range(N)} <= uris
 
 
@@ -64,7 +63,7 @@ def test_interrupted_build_resumes_from_finished_chunks(registered_bundle, fmnis
 
 
 def test_killed_build_leaves_the_served_index_untouched(built, registered_bundle, fmnist_root, monkeypatch):
-    import serving.indexing as indexing
+    import clients.workflows.indexing as indexing
 
     def boom(*a, **k):
         raise KeyboardInterrupt
@@ -119,12 +118,11 @@ def test_search_with_a_non_image_exits_nonzero_with_one_line(built, registered_b
 
 
 def test_collection_rebuild_indexes_every_stored_item_for_a_new_version(built, tmp_path):
-    from serving.collection import remove_items
     from serving.store import register_bundle
     from tests.conftest import make_bundle
 
-    remove_items(["fashion-mnist:test/3"])  # what /index/remove records
-    expected = {it.uri for it in iter_items()}
+    collection().remove(["fashion-mnist:test/3"])  # what /index/remove records
+    expected = {it.uri for it in collection().items()}
     new_tag = register_bundle(make_bundle(tmp_path / "other", seed=1))
     assert byol(["index", "build", "--model", new_tag, "--collection", "--quiet"]) == 0
     enc = OnnxEncoder(bundle_path(new_tag))

@@ -73,7 +73,7 @@ def deployment(tmp_path_factory, fmnist_root):
 
 def test_no_new_data_exits_zero_with_message(deployment, tmp_path, capsys):
     empty_of_new = _write_pngs(tmp_path / "seen", np.zeros((1, 28, 28, 3), np.uint8))
-    from clients.retrain import mark_seen
+    from clients.workflows.retrain import mark_seen
 
     mark_seen({hashlib.sha256((empty_of_new / "new_000.png").read_bytes()).hexdigest()})
     assert byol(["retrain", "--new-data", str(empty_of_new)]) == 0
@@ -118,8 +118,8 @@ def test_kill9_during_retrain_leaves_served_version_and_next_run_recovers(deploy
 
 
 def test_retrain_gate_promote_and_hot_swap_without_errors(deployment, tmp_path, fmnist_test):
+    from serving.contract.encoder import OnnxEncoder
     from serving.contract.image import load
-    from serving.encoder import OnnxEncoder
     from serving.store import bundle_path
 
     old = deployment["version"]

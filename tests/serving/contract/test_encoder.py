@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from serving.contract.bundle import BundleError, read_bundle
-from serving.encoder import OnnxEncoder, pick_providers
+from serving.contract.encoder import OnnxEncoder, pick_providers
 from tests.conftest import sample_images
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
 from clients.cli import main as byol
@@ -12,7 +11,7 @@ from index.knn import KnnClassifier
 from index.probe import LinearProbe
 from index.vector_index import VersionMismatchError
 from serving import paths
-from serving.encoder import OnnxEncoder
+from serving.contract.encoder import OnnxEncoder
 from serving.store import bundle_path
 
 
@@ -63,10 +62,3 @@ def test_unlabelled_folder_exits_nonzero_with_one_line(registered_bundle, fmnist
     code = byol(["probe", "fit", "--model", registered_bundle, "--data", str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1 and "2 labelled classes" in err[0]
-
-
-def test_pixel_vectors_have_no_zero_rows():
-    from serving.probing import pixel_vectors
-
-    flat = np.full((2, 4, 4, 3), 7, dtype=np.uint8)
-    assert (np.linalg.norm(pixel_vectors(flat), axis=1) > 0).all()

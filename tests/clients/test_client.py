@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from clients.client import AsyncEmbeddingClient, ClientError, EmbeddingClient, embed_main
+from clients.client import AsyncEmbeddingClient, ClientError, EmbeddingClient
+from clients.commands.embed import main as embed_main
 from serving.contract.image import load
 from tests.conftest import sample_images
 from tests.serving import server as srv

@@ -86,6 +86,13 @@ class OnnxEncoder:
     def providers(self) -> list[str]:
         return self.session.get_providers()
 
+    def embed_many(self, images: np.ndarray, batch: int = 256) -> np.ndarray:
+        """Any number of images in model batches of ``batch`` (no single giant ONNX call) → float32 ``[N, D]``."""
+        if batch <= 0:
+            raise ValueError(f"batch size must be positive, got {batch}")
+        out = [self.embed(images[i:i + batch]) for i in range(0, len(images), batch)]
+        return np.concatenate(out) if out else np.zeros((0, self.dim), dtype=np.float32)
+
     def embed(self, images: np.ndarray) -> np.ndarray:
         """uint8 ``[N, S, S, 3]`` → float32 ``[N, D]``, unit L2 norm."""
         s = self.input_size

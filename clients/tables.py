@@ -1,0 +1,104 @@
+"""What the commands print: each result of a workflow as a few lines of text (pure formatting, no I/O).
+
+Kept apart from the commands so the demo prints exactly what the single commands print.
+"""
+
+from __future__ import annotations
+
+
+def training(res) -> str:
+    m = res.metrics
+    knn = f", holdout kNN {m['holdout_knn']:.4f}" if "holdout_knn" in m else ""
+    return (f"trained {res.steps} steps in {m['train_minutes']} min ({m['images_per_s']} img/s), "
+            f"final loss {m['final_loss']:.4f}{knn}\nencoder: {res.encoder_path}\ncheckpoint: {res.checkpoint_path}")
+
+
+def evaluation(report: dict) -> str:
+    """The quality table: rows kNN / linear probe, columns raw pixels, random init, trained."""
+    s = report["settings"]
+    cols = [c for c in ("raw_pixels", "random_init", "trained") if c in report]
+    lines = [f"{'metric':<14}" + "".join(f"{c:>14}" for c in cols)]
+    for metric in ("knn", "probe"):
+        if metric in report["trained"]:
+            name = f"kNN@{s['k']}" if metric == "knn" else "linear probe"
+            lines.append(f"{name:<14}" + "".join(f"{report[c][metric]:>14.4f}" for c in cols))
+    lines.append(f"({s['n_train']} reference / {s['n_test']} test images, {s['seconds']} s)")
+    return "\n".join(lines)
+
+
+def export(result: dict) -> str:
+    manifest, tag = result["manifest"], result["tag"]
+    s = manifest.input_size
+    lines = [f"version    {manifest.version}", f"dim        {manifest.embedding_dim}  (input uint8 [N, {s}, {s}, 3])"]
+    for name, fig in manifest.parity.items():
+        lines.append(f"parity     {name}: max |ONNX - PyTorch| {fig['max_abs_diff']:.2e}, min cosine "
+                     f"{fig['min_cosine']:.6f}, batch 1 vs {fig['n_images']} diff "
+                     f"{fig['batch_1_vs_n_max_abs_diff']:.1e} ({fig['images']})")
+    if result["bundle"] is not None:
+        lines.append(f"bundle     {result['bundle']}")
+    lines.append(f"tag        {tag}" if tag else "tag        (not registered: --no-register)")
+    return "\n".join(lines)
+
+
+def index_build(r: dict) -> str:
+    return (f"indexed {r['size']} images with encoder {r['version']} ({r['factory']}, dim {r['dim']}) at "
+            f"{r['path']}; {r['chunks_computed']} chunk(s) embedded now, the rest resumed")
+
+
+def index_add(r: dict) -> str:
+    ids = r["ids"]
+    return f"added {len(ids)} image(s) (ids {ids[0]}..{ids[-1]}), skipped {r['skipped']}; index holds {r['size']}"
+
+
+def search(r: dict) -> str:
+    lines = [f"{'rank':>4}  {'score':>6}  {'id':>8}  {'label':<14}  uri"]
+    for rank, h in enumerate(r["hits"], 1):
+        lines.append(f"{rank:>4}  {h.score:6.3f}  {h.id:>8}  {str(h.metadata.get('label', '')):<14}  "
+                     f"{h.metadata.get('uri', '')}")
+    if r["grid"]:
+        lines.append(f"grid written to {r['grid']}")
+    return "\n".join(lines)
+
+
+def probe(r: dict) -> str:
+    lines = [f"encoder {r['encoder_version']}: {r['n_train']} train / {r['n_test']} held-out images, "
+             f"{len(r['classes'])} classes", f"{'method':<24}{'accuracy':>10}"]
+    lines += [f"{name:<24}{acc:>10.2%}" for name, acc in r["accuracy"].items()]
+    lines += [f"{'random_init ' + name:<24}{value:>10.2%}" for name, value in r["random_init"].items()
+              if isinstance(value, int | float)]
+    lines.append(f"saved linear probe + kNN at {r['path']}")
+    return "\n".join(lines)
+
+
+def gate(report: dict) -> str:
+    lines = [f"evaluation gate on {report['eval_data']} (tolerance {report['tolerance']}):",
+             f"  {'':10s} {'version':30s} {'kNN':>8s} {'probe':>8s}"]
+    for name in ("current", "candidate"):
+        r = report[name]
+        lines.append(f"  {name:10s} {r['version']:30s} {r['knn']:8.4f} {r['probe']:8.4f}")
+    lines.append("  → " + ("ACCEPTED" if report["accepted"] else "REJECTED: " + "; ".join(report["reasons"])))
+    return "\n".join(lines)
+
+
+def retrain(r: dict) -> str:
+    status = r["status"]
+    if status == "locked":
+        return f"another byol retrain is running (lock {r['lock']}); nothing to do"
+    if status == "no-new-images":
+        return f"no new images in {', '.join(r['dirs'])} since the last retrain; nothing to do"
+    lines = [f"retrained {r['parent']} on {r['new_images']} new image(s) → candidate {r['version']}", "",
+             gate(r["gate"])]
+    if status == "promoted":
+        lines.append(f"promoted {r['version']} (rollback: byol rollback)")
+    else:
+        lines.append(f"{r['version']} stays in the model store, unpromoted")
+    return "\n".join(lines)
+
+
+def release(r: dict, verb: str) -> str:
+    history = r.get("history") or []
+    line = (f"current: {r['current']}  (rollback target: {history[0] if history else None})" if verb == "promote"
+            else f"rolled back: current is now {r['current']}")
+    if r.get("reloaded"):
+        line += f"\nserver now serves {r['reloaded']}"
+    return line

@@ -1,0 +1,203 @@
+"""``byol retrain``: continue BYOL from the served bundle's training state on old + new images, then export,
+gate, re-index, promote — each stage writing only new, version-keyed files, so a crash at any point leaves the
+served encoder and index untouched and the next run picks up where this one stopped.
+
+Safe from cron / a systemd timer: a lock keeps two runs apart, and no new images means a clean exit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from clients.workflows.evaluation import GateConfig
+from serving.contract.sources import ImageSet, iter_image_files, load_source, read_files
+from serving.paths import checkpoint_file, probe_dir, reports_dir, retrain_dir
+
+log = logging.getLogger(__name__)
+
+
+class RetrainError(RuntimeError):
+    """Retraining cannot proceed; the message says what is missing."""
+
+
+@dataclass
+class RetrainConfig:
+    new_data: list[str]
+    parent: str | None = None  # bundle version to continue from (default: the served one)
+    replay: float = 1.0  # old images replayed per new image
+    steps: int = 300
+    minutes: float | None = None
+    overrides: list[str] = field(default_factory=list)
+    gate: GateConfig = field(default_factory=GateConfig)
+    promote: bool = True
+    url: str | None = None
+    token: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------- new images
+def _seen_file() -> Path:
+    return retrain_dir() / "seen.json"
+
+
+def load_seen() -> set[str]:
+    path = _seen_file()
+    return set(json.loads(path.read_text())) if path.is_file() else set()
+
+
+def mark_seen(digests: set[str]) -> None:
+    from serving.contract.atomic import atomic_write_json
+
+    atomic_write_json(_seen_file(), sorted(load_seen() | digests))
+
+
+def find_new_images(dirs: list[str], seen: set[str]) -> list[tuple[Path, str]]:
+    """Image files under ``dirs`` whose content (sha256) no earlier retrain has used."""
+    out, digests = [], set()
+    for d in dirs:
+        for path in iter_image_files(d):
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            if digest not in seen and digest not in digests:
+                digests.add(digest)
+                out.append((path, digest))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- the run
+def retrain(cfg: RetrainConfig) -> dict:
+    """One retrain under the lock → ``{"status": locked|no-new-images|rejected|registered|promoted, ...}``."""
+    from filelock import FileLock, Timeout
+
+    retrain_dir().mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(retrain_dir() / "lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return {"status": "locked", "lock": str(lock.lock_file)}
+    try:
+        return _retrain(cfg)
+    finally:
+        lock.release()
+
+
+def _retrain(cfg: RetrainConfig) -> dict:
+    from serving.contract.bundle import read_bundle
+    from serving.release import current_version
+    from serving.store import bundle_path
+
+    _, parent = read_bundle(bundle_path((cfg.parent or current_version() or "latest").split(":", 1)[-1]))
+    ckpt = checkpoint_file(parent.version)
+    if not ckpt.is_file():
+        raise RetrainError(f"no training checkpoint for bundle {parent.version} at {ckpt}: export it with "
+                           "'byol export' from a training run so retrain can resume it")
+    new = find_new_images(cfg.new_data, load_seen())
+    if not new:
+        return {"status": "no-new-images", "dirs": cfg.new_data}
+    new_fp = hashlib.sha256("".join(sorted(d for _, d in new)).encode()).hexdigest()
+    run_dir = retrain_dir() / "runs" / f"{parent.version}-{new_fp[:12]}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log.info("retraining %s on %d new image(s) → %s", parent.version, len(new), run_dir)
+    candidate = _candidate(cfg, parent, ckpt, [p for p, _ in new], run_dir)
+    result = {"parent": parent.version, "new_images": len(new), **candidate}
+    if not candidate["gate"]["accepted"]:
+        result["status"] = "rejected"
+    elif not cfg.promote:
+        result["status"] = "registered"
+    else:
+        _publish(cfg, candidate["version"], parent.version, len(new))
+        result["status"] = "promoted"
+    mark_seen({d for _, d in new})
+    return result
+
+
+def _publish(cfg: RetrainConfig, version: str, parent: str, n_new: int) -> None:
+    """Index the collection and refit the probe (when the parent had one) for ``version``, then promote it."""
+    from clients.workflows import indexing, release
+    from clients.workflows.evaluation import ProbeConfig, fit_probe
+
+    g = cfg.gate
+    stages = [("index build", lambda: indexing.build(indexing.BuildConfig(model=version, from_collection=True,
+                                                                          progress=False)))]
+    if probe_dir(parent).exists():
+        stages.append(("probe fit", lambda: fit_probe(ProbeConfig(model=version, data=g.data,
+                                                                  data_root=g.data_root, labels=g.labels))))
+    for name, run in stages:
+        try:
+            run()
+        except Exception as exc:
+            raise RetrainError(f"{name} failed: {exc}; {version} stays registered, unpromoted") from exc
+    release.promote(version, cfg.url, cfg.token, reason=f"retrain of {parent} on {n_new} new images")
+
+
+def _training_mix(cfg: RetrainConfig, train_cfg, files: list[Path]) -> tuple[ImageSet, int]:
+    """New images plus ``replay`` × as many old ones (seeded), at the encoder's size; and how many new ones."""
+    size = train_cfg.encoder.input_size
+    new_set, _ = read_files(files, size)
+    if not len(new_set):
+        raise RetrainError(f"none of the {len(files)} new files could be read as images")
+    parts = [new_set.images]
+    n_old = int(round(cfg.replay * len(new_set)))
+    if n_old:
+        old = load_source(train_cfg.data.source, "train", size=size,
+                          data_root=cfg.gate.data_root or train_cfg.data.data_root)
+        idx = np.random.default_rng(train_cfg.train.seed).permutation(len(old))[: min(n_old, len(old))]
+        parts.append(old.images[np.sort(idx)])
+    mix = ImageSet(np.concatenate(parts))
+    log.info("training mix: %d new + %d replayed old images (%d unreadable skipped)", len(new_set),
+             len(mix) - len(new_set), new_set.skipped)
+    return mix, len(new_set)
+
+
+def _candidate(cfg: RetrainConfig, parent, ckpt: Path, files: list[Path], run_dir: Path) -> dict:
+    """Train → export → gate → register, once per (parent, new images): a rerun reuses finished stages."""
+    done = run_dir / "candidate.json"
+    if done.is_file():
+        log.info("reusing the candidate of an earlier, interrupted run (%s)", done)
+        return json.loads(done.read_text())
+    from training.config import TrainConfig, apply_overrides
+    from training.train import train
+
+    train_cfg = apply_overrides(TrainConfig.from_dict(parent.training_config),
+                                [f"train.steps={cfg.steps}", "train.epochs=None", f"train.max_minutes={cfg.minutes}",
+                                 *cfg.overrides])
+    mix, n_new = _training_mix(cfg, train_cfg, files)
+    resume = (run_dir / "checkpoint.pt").is_file() and not (run_dir / "encoder.pt").is_file()
+    if not (run_dir / "encoder.pt").is_file():
+        train(train_cfg, run_dir, resume=resume, data=mix, init_from=None if resume else ckpt)
+    candidate = _register(cfg, parent, run_dir, mix, n_new, train_cfg.encoder.input_size)
+    from serving.contract.atomic import atomic_write_json
+
+    atomic_write_json(done, candidate)
+    return candidate
+
+
+def _register(cfg: RetrainConfig, parent, run_dir: Path, mix: ImageSet, n_new: int, size: int) -> dict:
+    """Export the run's encoder, gate it against the parent, register it (accepted or not) with its report."""
+    from clients.workflows.evaluation import gate
+    from serving.contract.atomic import atomic_write, atomic_write_json
+    from serving.contract.bundle import read_bundle
+    from serving.store import bundle_path, register_bundle
+    from training.artifact import load_encoder
+    from training.export import export_to_temp
+
+    encoder, meta = load_encoder(run_dir / "encoder.pt")
+    meta = dict(meta, data_fingerprint=mix.fingerprint(), parent_version=parent.version)
+    meta.setdefault("metrics", {})["new_images"] = n_new
+    parity = load_source(cfg.gate.data, "test", size=size, data_root=cfg.gate.data_root).images[:16]
+    tmp_bundle, manifest = export_to_temp(encoder, meta=meta, parity_images=parity, parent_version=parent.version)
+    try:
+        report = gate(tmp_bundle, bundle_path(parent.version), cfg.gate)
+        atomic_write_json(tmp_bundle / "gate_report.json", report)
+        read_bundle(tmp_bundle)
+        tag = register_bundle(tmp_bundle)
+    finally:
+        shutil.rmtree(tmp_bundle.parent, ignore_errors=True)
+    atomic_write_json(reports_dir() / f"{manifest.version}.json", report)
+    atomic_write(checkpoint_file(manifest.version), lambda tmp: shutil.copyfile(run_dir / "checkpoint.pt", tmp))
+    return {"version": manifest.version, "tag": tag, "gate": report}

@@ -1,0 +1,48 @@
+"""``byol serve``: check the bundle, then become ``bentoml serve serving.service:ByolEmbed`` (foreground).
+
+The process execs BentoML rather than wrapping it, so SIGTERM / SIGINT reach BentoML's own handler directly and the
+server shuts down cleanly with its worker. The bundle is checked first so a missing or corrupt one ends with one
+line (``byol serve: error: ...``) instead of a BentoML traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+SERVICE = "serving.service:ByolEmbed"
+
+
+@dataclass
+class ServeConfig:
+    model: str | None = None  # bundle tag or version (default: $BYOL_MODEL_TAG, the promoted one, or latest)
+    host: str = "127.0.0.1"
+    port: int = 3000
+    token: str | None = None  # admin bearer token (default: $BYOL_ADMIN_TOKEN)
+
+
+def serve(cfg: ServeConfig) -> int:
+    """Check what would be served, then exec BentoML (does not return unless the exec fails)."""
+    from serving.paths import use_store
+    from serving.runtime import check_bundle, resolve_tag
+
+    if not 0 < cfg.port < 65536:
+        raise ValueError(f"--port must be 1-65535, got {cfg.port}")
+    use_store()
+    if cfg.model:
+        os.environ["BYOL_MODEL_TAG"] = cfg.model
+    if cfg.token:
+        os.environ["BYOL_ADMIN_TOKEN"] = cfg.token
+    version = check_bundle(resolve_tag())
+    if not os.environ.get("BYOL_ADMIN_TOKEN"):
+        log.warning("byol serve: no admin token (--token / BYOL_ADMIN_TOKEN): /index/add, /index/remove and "
+                    "/admin/reload are disabled")
+    log.info("byol serve: serving %s on http://%s:%d", version, cfg.host, cfg.port)
+    cmd = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", cfg.host, "--port", str(cfg.port)]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, cmd, dict(os.environ))
+    return 1  # not reached

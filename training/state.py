@@ -1,0 +1,173 @@
+"""Everything a run carries from step to step, how it is built, saved and restored.
+
+A run is resumable bit for bit on CPU because :class:`TrainState` is the whole of it: the networks, the optimizer,
+every RNG (torch, the augmentation generator) and the data position, plus the schedule horizon K and the time-budget
+bookkeeping. :func:`checkpoint_payload` writes exactly that, :func:`restore` reads it back.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from serving.contract.sources import ImageSet, SourceError
+from training.augment import BYOLAugment
+from training.byol import Branch, Online, make_target
+from training.checkpoint import load_checkpoint
+from training.config import TrainConfig
+from training.data import Batcher, load_training_data
+from training.distributed import DistInfo
+from training.errors import TrainingError
+from training.optim import build_lars
+from training.schedules import scaled_lr
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainState:
+    """One run in progress. ``total_steps`` is K, the schedules' horizon (lowered once by the time budget);
+    ``calibrated`` says whether that already happened; ``elapsed_before`` is the training time of earlier
+    sessions of this run (resumes), so the budget counts the whole run."""
+
+    cfg: TrainConfig
+    online: Online
+    target: Branch
+    optimizer: torch.optim.Optimizer
+    augment: BYOLAugment
+    generator: torch.Generator
+    batcher: Batcher
+    peak_lr: float
+    total_steps: int
+    step: int = 0
+    calibrated: bool = False
+    elapsed_before: float = 0.0
+    history: dict = field(default_factory=dict)
+
+
+def starting_point(cfg: TrainConfig, ckpt_path: Path, resume: bool,
+                   init_from: Path | None) -> tuple[TrainConfig, dict | None, dict | None]:
+    """``(config, own checkpoint, parent checkpoint)`` to start from; refuses to overwrite a run by accident.
+
+    A resumed run goes on with the config it started with (not the caller's); a run started ``init_from`` a parent
+    takes the parent's encoder/heads config (its weights would not fit otherwise), with a warning when they differ.
+    """
+    own = None
+    if resume:
+        if not ckpt_path.is_file():
+            raise TrainingError(f"nothing to resume: {ckpt_path} not found")
+        own = load_checkpoint(ckpt_path)
+        cfg = TrainConfig.from_dict(own["config"])
+    elif ckpt_path.exists():
+        raise TrainingError(f"{ckpt_path} already exists: pass --resume to continue it, or choose another --out")
+    parent = load_checkpoint(init_from) if init_from is not None else None
+    if parent is not None:
+        pcfg = TrainConfig.from_dict(parent["config"])
+        if (pcfg.encoder, pcfg.heads) != (cfg.encoder, cfg.heads):
+            log.warning("init_from: using the parent's encoder/heads config (%s)", pcfg.encoder)
+            cfg.encoder, cfg.heads = pcfg.encoder, pcfg.heads
+    return cfg, own, parent
+
+
+def training_data(cfg: TrainConfig, data: ImageSet | None,
+                  holdout: ImageSet | None) -> tuple[ImageSet, ImageSet | None]:
+    """The caller's images if given (retrain passes old + new), else ``cfg.data``'s; checked against the encoder
+    here so that a wrong size fails with its cause instead of deep inside a convolution."""
+    if data is None:
+        d = cfg.data
+        data, holdout = load_training_data(d.source, cfg.encoder.input_size, d.data_root, d.holdout_fraction,
+                                           d.seed, d.max_images, d.labels_from_dirs, d.download)
+    if len(data) == 0:
+        raise SourceError("no training images")
+    if data.images.shape[1:] != (cfg.encoder.input_size, cfg.encoder.input_size, 3):
+        raise SourceError(f"training images are {list(data.images.shape[1:])}, the encoder expects "
+                          f"{cfg.encoder.input_size}×{cfg.encoder.input_size}×3")
+    return data, holdout
+
+
+def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """K before any time budget: ``train.steps`` if set, else ``train.epochs`` × steps per epoch."""
+    t = cfg.train
+    if t.steps is None and t.epochs is None:
+        raise ValueError("set train.steps or train.epochs")
+    return int(t.steps) if t.steps is not None else int(t.epochs) * steps_per_epoch
+
+
+def build_state(cfg: TrainConfig, data: ImageSet, device: torch.device, dist_info: DistInfo) -> TrainState:
+    """A fresh run at step 0. The build order is part of reproducibility: the global seed is set right before the
+    online network draws its weights, so every rank (and every resume) starts from the same ones."""
+    t, o = cfg.train, cfg.optim
+    torch.manual_seed(t.seed)  # identical init on every rank (the target is copied before DDP wraps online)
+    online = Online(cfg).to(device)
+    is_cuda = device.type == "cuda"
+    if is_cuda and t.channels_last:
+        online = online.to(memory_format=torch.channels_last)
+    if dist_info.enabled and is_cuda:
+        online = nn.SyncBatchNorm.convert_sync_batchnorm(online)
+    target = make_target(online)
+    batcher = Batcher(data.images, t.batch_size, t.seed, device, dist_info.rank, dist_info.world_size)
+    peak_lr = scaled_lr(o.lr_base, t.batch_size)  # t.batch_size is the GLOBAL batch
+    optimizer = build_lars(online, peak_lr, o.momentum, o.weight_decay, o.trust)
+    augment = BYOLAugment(cfg.augment, cfg.encoder.input_size).to(device)
+    # The same augmentation stream on every rank: each draws the global batch's parameters and keeps its slice.
+    generator = torch.Generator(device=device).manual_seed(t.seed * 7919)
+    return TrainState(cfg, online, target, optimizer, augment, generator, batcher, peak_lr,
+                      total_steps(cfg, batcher.steps_per_epoch), calibrated=t.max_minutes is None)
+
+
+def ddp_model(online: Online, dist_info: DistInfo, device: torch.device) -> nn.Module:
+    """What the step calls: ``online`` itself, or its DDP wrapper under torchrun (the state keeps the raw module,
+    so checkpoints never carry ``module.`` prefixes)."""
+    if not dist_info.enabled:
+        return online
+    return nn.parallel.DistributedDataParallel(online, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def load_weights(state: TrainState, ckpt: dict) -> None:
+    """Online, target and optimizer (momentum) from a checkpoint, nothing else: how ``init_from`` starts a child
+    run at its parent's weights with fresh schedules over its own step budget."""
+    state.online.load_state_dict(ckpt["online"])
+    state.target.load_state_dict(ckpt["target"])
+    state.optimizer.load_state_dict(ckpt["optimizer"])
+
+
+def restore(state: TrainState, ckpt: dict) -> None:
+    """Put a run back exactly where :func:`checkpoint_payload` left it (``--resume``): weights, step, horizon,
+    budget bookkeeping, data position and every RNG, so the next batches and augmentations are the same."""
+    load_weights(state, ckpt)
+    state.step, state.total_steps = int(ckpt["step"]), int(ckpt["total_steps"])
+    state.calibrated, state.elapsed_before = bool(ckpt["calibrated"]), float(ckpt["elapsed_s"])
+    state.batcher.load_state_dict(ckpt["data"])
+    set_rng_state(ckpt["rng"], state.generator)
+    state.history = ckpt.get("history", {})
+
+
+def checkpoint_payload(state: TrainState, elapsed_s: float) -> dict:
+    """The checkpoint's content (keys are a file format: ``restore``, ``init_from`` and export read them).
+    ``elapsed_s`` is the whole run's training time so far, which only the caller's clock knows."""
+    return {
+        "online": state.online.state_dict(), "target": state.target.state_dict(),
+        "optimizer": state.optimizer.state_dict(), "step": state.step, "total_steps": state.total_steps,
+        "calibrated": state.calibrated, "elapsed_s": elapsed_s, "data": state.batcher.state_dict(),
+        "rng": rng_state(state.generator), "config": state.cfg.to_dict(),
+        "encoder_config": state.cfg.encoder.to_dict(), "history": state.history,
+    }
+
+
+def rng_state(generator: torch.Generator) -> dict:
+    """Every RNG state a bit-identical resume needs: torch's global one, the augmentation generator's, CUDA's."""
+    state = {"torch": torch.get_rng_state(), "augment": generator.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict, generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["augment"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
