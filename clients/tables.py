@@ -13,16 +13,32 @@ def training(res) -> str:
             f"final loss {m['final_loss']:.4f}{knn}\nencoder: {res.encoder_path}\ncheckpoint: {res.checkpoint_path}")
 
 
+def _pct(scores: dict, metric: str) -> str:
+    """``83.78 ± 0.37`` (percent, with its standard error)."""
+    return f"{100 * scores[metric]:.2f} ± {100 * scores['se'][metric]:.2f}"
+
+
+def protocol(s: dict) -> str:
+    name = "standard protocol" if s["protocol"] == "standard" else "SUBSET (not the standard protocol)"
+    return (f"{name}: {s['n_train']} train images as the bank / probe set, {s['n_test']} test images as queries, "
+            f"weighted kNN (T={s['temperature']})")
+
+
 def evaluation(report: dict) -> str:
-    """The quality table: rows kNN / linear probe, columns raw pixels, random init, trained."""
+    """The quality table: rows kNN@20, kNN@200, linear probe (percent ± standard error); columns raw pixels,
+    random init, trained."""
     s = report["settings"]
     cols = [c for c in ("raw_pixels", "random_init", "trained") if c in report]
-    lines = [f"{'metric':<14}" + "".join(f"{c:>14}" for c in cols)]
-    for metric in ("knn", "probe"):
+    rows = [(f"kNN@{s['k'][0]}", "knn"), (f"kNN@{s['k'][1]}", f"knn_{s['k'][1]}"), ("linear probe", "probe")]
+    lines = [f"{'%':<14}" + "".join(f"{c:>17}" for c in cols)]
+    for name, metric in rows:
         if metric in report["trained"]:
-            name = f"kNN@{s['k']}" if metric == "knn" else "linear probe"
-            lines.append(f"{name:<14}" + "".join(f"{report[c][metric]:>14.4f}" for c in cols))
-    lines.append(f"({s['n_train']} reference / {s['n_test']} test images, {s['seconds']} s)")
+            lines.append(f"{name:<14}" + "".join(f"{_pct(report[c], metric):>17}" for c in cols))
+    if "probe" in report["trained"]:
+        lines.append(f"{'probe iters':<14}" + "".join(
+            f"{report[c]['probe_iterations']:>16}{'' if report[c]['probe_converged'] else '!'}" for c in cols))
+    lines.append(f"{'dim':<14}" + "".join(f"{report[c]['dim']:>17}" for c in cols))
+    lines.append(f"({protocol(s)}; {s['seconds']} s)")
     return "\n".join(lines)
 
 
@@ -61,8 +77,8 @@ def search(r: dict) -> str:
 
 
 def probe(r: dict) -> str:
-    lines = [f"encoder {r['encoder_version']}: {r['n_train']} train / {r['n_test']} held-out images, "
-             f"{len(r['classes'])} classes", f"{'method':<24}{'accuracy':>10}"]
+    lines = [f"encoder {r['encoder_version']}: {len(r['classes'])} classes; {protocol(r)}",
+             f"{'method':<24}{'accuracy':>10}"]
     lines += [f"{name:<24}{acc:>10.2%}" for name, acc in r["accuracy"].items()]
     lines += [f"{'random_init ' + name:<24}{value:>10.2%}" for name, value in r["random_init"].items()
               if isinstance(value, int | float)]

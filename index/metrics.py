@@ -1,15 +1,22 @@
 """The one set of representation-quality metrics: weighted kNN, linear probe, raw-pixel baseline (torch-free).
 
+The standard protocol of the self-supervised literature (InstDisc / solo-learn conventions): the bank is the full
+train split, the queries the full test split; weighted kNN with k = 20 and k = 200, cosine similarity, votes
+weighted exp(sim / 0.07); a linear probe on standardised features fitted to convergence (``index.probe``); every
+accuracy with its standard error sqrt(p(1−p)/n). Raw pixels are scored the same way on the true pixels (one channel
+when the images are grayscale: 784 features for Fashion-MNIST, not three copies).
+
 Every number the product reports about an encoder comes from :func:`score` on vectors: ``byol eval`` (PyTorch
 vectors of ``encoder.pt``), ``byol probe fit`` and the retrain gate (ONNX Runtime vectors of a bundle), the kNN
-monitor during training, and the benchmarks. Same function, same splits (``serving.contract.sources``), so the
-same encoder and data give the same figures wherever they are printed.
+monitor during training, and the benchmarks. Same function, same splits (``serving.contract.splits``), so the same
+encoder and data give the same figures wherever they are printed.
 
-numpy + scikit-learn only (no FAISS): it also runs where training runs, GPU boxes included.
+numpy + scipy only (no FAISS): it also runs where training runs, GPU boxes included.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,16 +26,31 @@ from index.knn import KnnClassifier, knn_votes, unit_rows
 from index.probe import LinearProbe
 
 DEFAULT_K = 20
+EXTRA_K = 200  # the literature reports both
 DEFAULT_TEMPERATURE = 0.07  # Wu et al. 2018 / the SSL literature's weighted kNN
+
+
+def standard_error(p: float, n: int) -> float:
+    """Binomial standard error of an accuracy ``p`` measured on ``n`` test items."""
+    return math.sqrt(max(p * (1 - p), 0.0) / n) if n else 0.0
 
 
 def knn_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
                  k: int = DEFAULT_K, temperature: float = DEFAULT_TEMPERATURE) -> float:
     """Weighted kNN (cosine top-k, votes weighted by exp(sim / T)): the share of test vectors voted right."""
+    return knn_accuracies(train_x, train_y, test_x, test_y, (k,), temperature)[k]
+
+
+def knn_accuracies(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
+                   ks: tuple[int, ...] = (DEFAULT_K, EXTRA_K), temperature: float = DEFAULT_TEMPERATURE
+                   ) -> dict[int, float]:
+    """:func:`knn_accuracy` for several k at the cost of one: ``{k: accuracy}``."""
     train_y, test_y = np.asarray(train_y, dtype=np.int64), np.asarray(test_y, dtype=np.int64)
+    if not len(test_y):
+        return {k: 0.0 for k in ks}
     n_classes = int(max(train_y.max(), test_y.max())) + 1
-    votes = knn_votes(unit_rows(train_x), train_y, unit_rows(test_x), k, temperature, n_classes)
-    return float((votes.argmax(axis=1) == test_y).mean()) if len(test_y) else 0.0
+    votes = knn_votes(unit_rows(train_x), train_y, unit_rows(test_x), tuple(ks), temperature, n_classes)
+    return {k: float((v.argmax(axis=1) == test_y).mean()) for k, v in votes.items()}
 
 
 def accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
@@ -37,8 +59,13 @@ def accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
 
 
 def pixel_features(images: np.ndarray) -> np.ndarray:
-    """The raw-pixel baseline's 'embedding': the flattened pixels scaled to [0, 1]."""
-    return images.reshape(len(images), -1).astype(np.float32) / 255.0
+    """The raw-pixel baseline's 'embedding': the true pixels scaled to [0, 1] — one channel when all three are
+    equal (a grayscale data set has 784 features, not three copies of them)."""
+    x = images
+    if x.ndim == 4 and x.shape[-1] == 3 and np.array_equal(x[..., 0], x[..., 1]) and np.array_equal(x[..., 0],
+                                                                                                   x[..., 2]):
+        x = x[..., :1]
+    return x.reshape(len(x), -1).astype(np.float32) / 255.0
 
 
 @dataclass
@@ -49,21 +76,35 @@ class Scores:
     probe: float | None
     knn_model: KnnClassifier
     probe_model: LinearProbe | None
+    n_test: int = 0
+    knn_extra: dict[int, float] | None = None  # kNN at the other k (k = 200)
 
     def as_dict(self) -> dict:
-        return {"knn": self.knn} if self.probe is None else {"knn": self.knn, "probe": self.probe}
+        """``{"knn", "knn_200", "probe", "probe_iterations", "probe_converged", "se": {...}, "dim", "n_test"}``."""
+        out: dict = {"knn": self.knn, **{f"knn_{k}": v for k, v in (self.knn_extra or {}).items()}}
+        if self.probe is not None:
+            out.update(probe=self.probe, probe_iterations=self.probe_model.iterations,
+                       probe_converged=self.probe_model.converged)
+        metrics = [m for m in out if m == "probe" or m.startswith("knn")]
+        out["se"] = {m: standard_error(out[m], self.n_test) for m in metrics}
+        out.update(dim=self.knn_model.dim, n_test=self.n_test)
+        return out
 
 
 def score(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
-          classes: list[str] | None = None, k: int = DEFAULT_K, probe: bool = True,
-          encoder_version: str = "") -> Scores:
-    """Fit a weighted kNN classifier and (with ``probe``) a linear probe on ``train``, score both on ``test``."""
+          classes: list[str] | None = None, k: int = DEFAULT_K, probe: bool = True, encoder_version: str = "",
+          extra_k: tuple[int, ...] = (EXTRA_K,)) -> Scores:
+    """Fit a weighted kNN classifier and (with ``probe``) a linear probe on ``train``, score both on ``test``;
+    kNN also at ``extra_k`` (same similarities, one pass)."""
     train_y, test_y = np.asarray(train_y, dtype=np.int64), np.asarray(test_y, dtype=np.int64)
     if classes is None:
         classes = [str(c) for c in range(int(max(train_y.max(), test_y.max())) + 1)]
     knn = KnnClassifier(train_x, train_y, classes, k=k, encoder_version=encoder_version)
+    ks = (k, *[e for e in extra_k if e != k])
+    accs = knn_accuracies(train_x, train_y, test_x, test_y, ks, knn.temperature)
     lin = LinearProbe.fit(train_x, train_y, classes, encoder_version) if probe else None
-    return Scores(accuracy(knn, test_x, test_y), None if lin is None else accuracy(lin, test_x, test_y), knn, lin)
+    return Scores(accs[k], None if lin is None else accuracy(lin, test_x, test_y), knn, lin, len(test_y),
+                  {e: accs[e] for e in ks[1:]})
 
 
 Embedder = Callable[[np.ndarray], np.ndarray]  # uint8 [N, S, S, 3] → float32 [N, D]
@@ -72,7 +113,7 @@ Embedder = Callable[[np.ndarray], np.ndarray]  # uint8 [N, S, S, 3] → float32 
 def evaluate(embedders: dict[str, Embedder], train_images: np.ndarray, train_y: np.ndarray,
              test_images: np.ndarray, test_y: np.ndarray, k: int = DEFAULT_K, probe: bool = True,
              raw_pixels: bool = True) -> dict[str, dict]:
-    """``{name: {"knn", "probe"}}`` for every embedder, plus ``raw_pixels`` (the floor any encoder must beat)."""
+    """``{name: Scores.as_dict()}`` for every embedder, plus ``raw_pixels`` (the floor any encoder must beat)."""
     out = {}
     for name, embed in embedders.items():
         out[name] = score(embed(train_images), train_y, embed(test_images), test_y, k=k, probe=probe).as_dict()

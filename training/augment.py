@@ -228,10 +228,14 @@ def color_jitter(images: Tensor, p: dict[str, Tensor]) -> Tensor:
         target = torch.where(_per_sample(op == CONTRAST), mean, gray)
         target = torch.where(_per_sample(op == BRIGHTNESS), torch.zeros_like(target), target)
         x = blend(x, target, factor)
-        # hue (the costly op, ~20 elementwise passes) only on this slot's hue samples; the boolean index syncs
-        # once per slot on CUDA, cheaper than running it on the whole batch four times
-        sel = on & (op == HUE)
-        x = x.index_put((sel,), shift_hue(x[sel], p["hue"][sel]))
+        # hue, the costly op (~20 elementwise passes): on a CPU only on this slot's hue samples (a zero shift, as
+        # grayscale presets set, is skipped); on a GPU over the whole batch with a zero shift elsewhere, because a
+        # boolean index would make the host wait for the device four times per view
+        sel = on & (op == HUE) & (p["hue"] != 0)
+        if x.is_cuda:
+            x = torch.where(_per_sample(sel), shift_hue(x, torch.where(sel, p["hue"], 0.0)), x)
+        else:
+            x = x.index_put((sel,), shift_hue(x[sel], p["hue"][sel]))
     return x
 
 

@@ -16,7 +16,6 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SKIP_STEPS = 2  # not timed: the first steps allocate memory and warm caches, and would inflate the estimate
 HEADROOM = 0.95  # 5% of the budget kept for the kNN monitor, checkpoints and a machine that slows down later
 OVER_TIME = 1.1  # the safety net stops a single-process run this far past the budget
 
@@ -30,8 +29,8 @@ class TimeBudget:
 
     def __init__(self, max_minutes: float | None, calibrate_steps: int, start_step: int, elapsed_before: float = 0.0,
                  distributed: bool = False, device: torch.device | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
-        self.max_minutes, self.calibrate_steps = max_minutes, calibrate_steps
+                 clock: Callable[[], float] = time.time, skip_steps: int = 2) -> None:
+        self.max_minutes, self.calibrate_steps, self.skip_steps = max_minutes, calibrate_steps, skip_steps
         self.elapsed_before, self.distributed, self.device, self.clock = elapsed_before, distributed, device, clock
         self.run_start = clock()
         self.calib_t0: float | None = None
@@ -52,12 +51,12 @@ class TimeBudget:
         finish) and left alone when the budget allows more than K.
         """
         if self.calib_t0 is None:
-            if step - self.calib_from >= SKIP_STEPS:
-                self.calib_t0, self.calib_from = self.clock(), step
+            if step - self.calib_from >= self.skip_steps:  # the first steps allocate, autotune, compile
+                self.calib_t0, self.calib_from = self._synced_clock(), step
             return total, False
         if step - self.calib_from < self.calibrate_steps:
             return total, False
-        now = self.clock()
+        now = self._synced_clock()
         per_step = (now - self.calib_t0) / (step - self.calib_from)
         budget = HEADROOM * self.max_minutes * 60 - (self.elapsed_before + now - self.run_start)
         fits = self._rank0(step + int(budget / per_step))
@@ -73,6 +72,13 @@ class TimeBudget:
         if self.max_minutes is None or self.distributed:
             return False
         return self.elapsed() > self.max_minutes * 60 * OVER_TIME
+
+    def _synced_clock(self) -> float:
+        """The clock once the GPU has finished what was queued: CUDA runs ahead of the host, so an unsynchronised
+        reading times the queueing, not the steps (two synchronisations per run)."""
+        if self.device is not None and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return self.clock()
 
     def _rank0(self, value: int) -> int:
         if not self.distributed:

@@ -47,6 +47,17 @@ class Online(nn.Module):
         return y1, self.predictor(z1), self.predictor(z2)
 
 
+def unwrap(module: nn.Module) -> nn.Module:
+    """The module itself under ``torch.compile`` (``_orig_mod``) and DDP (``module``) wrappers."""
+    while True:
+        if isinstance(getattr(module, "_orig_mod", None), nn.Module):
+            module = module._orig_mod
+        elif isinstance(module, nn.parallel.DistributedDataParallel):
+            module = module.module
+        else:
+            return module
+
+
 def make_target(online: Online) -> Branch:
     """ξ starts as a copy of θ's encoder + projector, takes no gradients and always runs in train mode."""
     target = copy.deepcopy(online.branch)
@@ -64,7 +75,7 @@ def train_step(online: nn.Module, target: Branch, optimizer: torch.optim.Optimiz
     v1, v2 = augment(images, generator=generator, shard=shard)
     if channels_last:
         v1, v2 = v1.contiguous(memory_format=torch.channels_last), v2.contiguous(memory_format=torch.channels_last)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+    autocast = torch.autocast(v1.device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
     with autocast:
         y1, p1, p2 = online(v1, v2)
         with torch.no_grad():
@@ -74,6 +85,5 @@ def train_step(online: nn.Module, target: Branch, optimizer: torch.optim.Optimiz
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    raw = online.module if isinstance(online, nn.parallel.DistributedDataParallel) else online
-    update_target(target, raw.branch, tau)
+    update_target(unwrap(target), unwrap(online).branch, tau)
     return loss.detach(), y1.detach()

@@ -43,6 +43,7 @@ class TrainState:
     batcher: Batcher
     peak_lr: float
     total_steps: int
+    warmup_steps: int = 0
     step: int = 0
     calibrated: bool = False
     elapsed_before: float = 0.0
@@ -80,7 +81,7 @@ def training_data(cfg: TrainConfig, data: ImageSet | None,
     if data is None:
         d = cfg.data
         data, holdout = load_training_data(d.source, cfg.encoder.input_size, d.data_root, d.holdout_fraction,
-                                           d.seed, d.max_images, d.labels_from_dirs, d.download)
+                                           d.seed, d.max_images, d.labels_from_dirs, d.download, d.monitor_on_test)
     if len(data) == 0:
         raise SourceError("no training images")
     if data.images.shape[1:] != (cfg.encoder.input_size, cfg.encoder.input_size, 3):
@@ -104,19 +105,27 @@ def build_state(cfg: TrainConfig, data: ImageSet, device: torch.device, dist_inf
     torch.manual_seed(t.seed)  # identical init on every rank (the target is copied before DDP wraps online)
     online = Online(cfg).to(device)
     is_cuda = device.type == "cuda"
-    if is_cuda and t.channels_last:
+    if t.channels_last if is_cuda else t.cpu_fast:
         online = online.to(memory_format=torch.channels_last)
     if dist_info.enabled and is_cuda:
         online = nn.SyncBatchNorm.convert_sync_batchnorm(online)
     target = make_target(online)
     batcher = Batcher(data.images, t.batch_size, t.seed, device, dist_info.rank, dist_info.world_size)
     peak_lr = scaled_lr(o.lr_base, t.batch_size)  # t.batch_size is the GLOBAL batch
-    optimizer = build_lars(online, peak_lr, o.momentum, o.weight_decay, o.trust)
+    optimizer = build_lars(online, peak_lr, o.momentum, o.weight_decay, o.trust, o.clip_lr)
     augment = BYOLAugment(cfg.augment, cfg.encoder.input_size).to(device)
     # The same augmentation stream on every rank: each draws the global batch's parameters and keeps its slice.
     generator = torch.Generator(device=device).manual_seed(t.seed * 7919)
-    return TrainState(cfg, online, target, optimizer, augment, generator, batcher, peak_lr,
-                      total_steps(cfg, batcher.steps_per_epoch), calibrated=t.max_minutes is None)
+    total = total_steps(cfg, batcher.steps_per_epoch)
+    return TrainState(cfg, online, target, optimizer, augment, generator, batcher, peak_lr, total,
+                      warmup_steps(cfg, total), calibrated=t.max_minutes is None)
+
+
+def warmup_steps(cfg: TrainConfig, total: int) -> int:
+    """Warmup length, fixed once at the start of a run (a time budget lowering K later must not make the lr jump
+    mid-warmup): ``optim.warmup_steps`` if set, else ``optim.warmup_fraction`` × the initial K."""
+    o = cfg.optim
+    return int(o.warmup_steps) if o.warmup_steps is not None else int(round(o.warmup_fraction * total))
 
 
 def ddp_model(online: Online, dist_info: DistInfo, device: torch.device) -> nn.Module:
@@ -141,6 +150,7 @@ def restore(state: TrainState, ckpt: dict) -> None:
     load_weights(state, ckpt)
     state.step, state.total_steps = int(ckpt["step"]), int(ckpt["total_steps"])
     state.calibrated, state.elapsed_before = bool(ckpt["calibrated"]), float(ckpt["elapsed_s"])
+    state.warmup_steps = int(ckpt.get("warmup_steps", state.warmup_steps))
     state.batcher.load_state_dict(ckpt["data"])
     set_rng_state(ckpt["rng"], state.generator)
     state.history = ckpt.get("history", {})
@@ -152,6 +162,7 @@ def checkpoint_payload(state: TrainState, elapsed_s: float) -> dict:
     return {
         "online": state.online.state_dict(), "target": state.target.state_dict(),
         "optimizer": state.optimizer.state_dict(), "step": state.step, "total_steps": state.total_steps,
+        "warmup_steps": state.warmup_steps,
         "calibrated": state.calibrated, "elapsed_s": elapsed_s, "data": state.batcher.state_dict(),
         "rng": rng_state(state.generator), "config": state.cfg.to_dict(),
         "encoder_config": state.cfg.encoder.to_dict(), "history": state.history,

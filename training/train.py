@@ -63,6 +63,8 @@ def train(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, data: ImageS
     """
     dist_info = env_info()
     device = local_device(cfg.train.device, dist_info)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels once
     init_distributed(dist_info, device)
     try:
         return _train(cfg, Path(out_dir), dist_info, device, resume, data, holdout, init_from, stop_after)
@@ -78,7 +80,7 @@ def _train(cfg: TrainConfig, out_dir: Path, dist_info: DistInfo, device: torch.d
     ckpt_path, enc_path, main = out_dir / "checkpoint.pt", out_dir / "encoder.pt", dist_info.is_main
     cfg, own, parent = starting_point(cfg, ckpt_path, resume, init_from)
     t, is_cuda = cfg.train, device.type == "cuda"
-    amp, channels_last = is_cuda and t.amp, is_cuda and t.channels_last
+    amp, channels_last = (t.amp, t.channels_last) if is_cuda else (t.cpu_fast, t.cpu_fast)
     data, holdout = training_data(cfg, data, holdout)
     state = build_state(cfg, data, device, dist_info)
     if own is not None:
@@ -86,22 +88,24 @@ def _train(cfg: TrainConfig, out_dir: Path, dist_info: DistInfo, device: torch.d
         log.info("resuming %s at step %d of %d", ckpt_path, state.step, state.total_steps)
     elif parent is not None:
         load_weights(state, parent)
-    model = ddp_model(state.online, dist_info, device)
+    model, target = ddp_model(state.online, dist_info, device), state.target
+    if t.compile:  # the state keeps the raw modules: checkpoints never see the compiled wrappers
+        model, target = torch.compile(model), torch.compile(target)
     writer = open_writer(out_dir / t.log_dir, state.step) if main else None
     monitor = KnnMonitor(data, holdout, t.knn_max_train, t.knn_max_holdout, t.knn_k, t.seed, t.knn_every, writer)
     logger = StepLogger(t.log_every, t.collapse_std, writer,
                         progress_bar(state.total_steps, state.step, main and t.progress))
-    budget = TimeBudget(t.max_minutes, t.calibrate_steps, state.step, state.elapsed_before, dist_info.enabled, device)
+    budget = TimeBudget(t.max_minutes, t.calibrate_steps, state.step, state.elapsed_before, dist_info.enabled, device,
+                        skip_steps=t.calibrate_after)
     start_step, stopped = state.step, "done"
     state.online.train()
     while state.step < state.total_steps:
         if stop_after is not None and state.step >= stop_after:
             stopped = "stop_after"
             break
-        warmup = int(round(cfg.optim.warmup_fraction * state.total_steps))  # from the current K (known quirk)
-        lr = lr_at(state.step, state.total_steps, state.peak_lr, warmup)
+        lr = lr_at(state.step, state.total_steps, state.peak_lr, state.warmup_steps)
         tau = tau_at(state.step, state.total_steps, cfg.ema.tau_base)
-        loss, y1 = train_step(model, state.target, state.optimizer, state.augment, state.batcher.next(),
+        loss, y1 = train_step(model, target, state.optimizer, state.augment, state.batcher.next(),
                               state.generator, lr, tau, amp=amp, channels_last=channels_last,
                               shard=(dist_info.rank, dist_info.world_size))
         state.step += 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from clients import tables
+from clients.commands.probe import add_subset_options, subset_caps
 from clients.workflows.evaluation import EvalConfig
 
 
@@ -17,8 +18,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None)
     p.add_argument("--labels", default=None, help="CSV of path,label rows (for a folder)")
     p.add_argument("--k", type=int, default=20)
-    p.add_argument("--max-train", type=int, default=10000, help="labelled reference images (seeded subset)")
-    p.add_argument("--max-test", type=int, default=None)
+    add_subset_options(p)
     p.add_argument("--no-probe", dest="probe", action="store_false", help="kNN only (the probe is the slow part)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", default=None, help="also write the results here")
@@ -26,7 +26,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    args = vars(parser().parse_args(argv))
+    args = subset_caps(vars(parser().parse_args(argv)))
     out = args.pop("json")
     from clients.workflows.evaluation import evaluate
     from serving.contract.atomic import atomic_write_json

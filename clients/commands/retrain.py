@@ -23,8 +23,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-data", default="fashion-mnist", help="labelled set for the gate (train/test splits)")
     p.add_argument("--eval-labels", default=None, help="CSV of path,label rows when --eval-data is a folder")
     p.add_argument("--data-root", default=None, help="root of the old / evaluation dataset files")
-    p.add_argument("--eval-max-train", type=int, default=5000, help="gate: labelled reference images (kNN/probe fit)")
-    p.add_argument("--eval-max-test", type=int, default=2000, help="gate: held-out images scored")
+    p.add_argument("--eval-max-train", type=int, default=None,
+                   help="gate: seeded subset of labelled reference images (default: the whole train split)")
+    p.add_argument("--eval-max-test", type=int, default=None,
+                   help="gate: seeded subset of held-out images (default: the whole test split)")
     p.add_argument("--tolerance", type=float, default=0.01, help="accepted drop in kNN and probe accuracy")
     p.add_argument("--no-promote", dest="promote", action="store_false", help="gate and register, but do not promote")
     p.add_argument("--url", default=None, help="running server to reload after promotion")

@@ -27,7 +27,11 @@ REPORT_FILE = "report.json"
 
 @dataclass
 class SplitConfig:
-    """Which labelled images: a data set's own splits, or a seeded 80/20 split of a labelled folder / CSV."""
+    """Which labelled images: a data set's own splits, or a seeded 80/20 split of a labelled folder / CSV.
+
+    The standard protocol uses all of both splits (``max_train`` / ``max_test`` None); seeded subsets are for
+    tests and quick looks, and every report says how many images it scored.
+    """
 
     data: str = "fashion-mnist"
     data_root: str | None = None
@@ -38,6 +42,12 @@ class SplitConfig:
 
     def splits(self, size: int) -> tuple[ImageSet, ImageSet]:
         return labelled_splits(self.data, size, self.data_root, self.labels, self.max_train, self.max_test)
+
+    def protocol(self, n_train: int, n_test: int) -> dict:
+        """What was measured, for the report: the standard protocol or a named subset of it."""
+        standard = self.max_train is None and self.max_test is None
+        return {"protocol": "standard" if standard else "subset", "data": self.data, "n_train": n_train,
+                "n_test": n_test, "k": [self.k, metrics.EXTRA_K], "temperature": metrics.DEFAULT_TEMPERATURE}
 
 
 def onnx_embedder(encoder: OnnxEncoder, batch: int = 256):
@@ -54,11 +64,11 @@ class EvalConfig(SplitConfig):
     model: str | None = None
     probe: bool = True
     device: str = "auto"
-    max_train: int | None = 10000
 
 
 def evaluate(cfg: EvalConfig) -> dict:
-    """Trained vs random-init (``encoder.pt`` only) vs raw pixels: ``{name: {"knn", "probe"}, "settings": {...}}``."""
+    """Trained vs random-init (``encoder.pt`` only, BatchNorm calibrated on training images) vs raw pixels:
+    ``{name: index.metrics.Scores.as_dict(), "settings": {...}}``."""
     if (cfg.encoder is None) == (cfg.model is None):
         raise ValueError("give either --encoder (a training run's encoder.pt) or --model (a bundle tag)")
     t0 = time.time()
@@ -69,18 +79,19 @@ def evaluate(cfg: EvalConfig) -> dict:
 
         encoder, _ = load_encoder(cfg.encoder)
         encoder.to(local_device(cfg.device, DistInfo()))
-        size = encoder.cfg.input_size
-        embedders = {"trained": embedder(encoder), "random_init": embedder(random_init_like(encoder))}
+        train, test = cfg.splits(encoder.cfg.input_size)
+        random_init = random_init_like(encoder, calibrate_on=train.images)
+        embedders = {"trained": embedder(encoder), "random_init": embedder(random_init)}
     else:
         from clients.workflows.indexing import open_encoder
 
         onnx = open_encoder(cfg.model)
-        size, embedders = onnx.input_size, {"trained": onnx_embedder(onnx)}
-    train, test = cfg.splits(size)
+        train, test = cfg.splits(onnx.input_size)
+        embedders = {"trained": onnx_embedder(onnx)}
     report = metrics.evaluate(embedders, train.images, train.labels, test.images, test.labels, k=cfg.k,
                               probe=cfg.probe)
-    report["settings"] = {"encoder": cfg.encoder or cfg.model, "data": cfg.data, "k": cfg.k, "n_train": len(train),
-                          "n_test": len(test), "seconds": round(time.time() - t0, 1)}
+    report["settings"] = {"encoder": cfg.encoder or cfg.model, **cfg.protocol(len(train), len(test)),
+                          "seconds": round(time.time() - t0, 1)}
     return report
 
 
@@ -122,8 +133,7 @@ def fit_probe(cfg: ProbeConfig) -> dict:
     out = paths.probe_dir(encoder.version)
     trained.probe_model.save(out)
     trained.knn_model.save(out)
-    report = {"encoder_version": encoder.version, "data": cfg.data, "n_train": len(train), "n_test": len(test),
-              "k": cfg.k, "classes": classes,
+    report = {"encoder_version": encoder.version, **cfg.protocol(len(train), len(test)), "classes": classes,
               "accuracy": {"linear_probe": trained.probe, "knn": trained.knn, "raw_pixel_knn": pixels.knn},
               "evaluation": {"trained": trained.as_dict(), "raw_pixels": pixels.as_dict()},
               "random_init": random_init_figures(encoder.manifest.metrics), "path": str(out)}
@@ -137,14 +147,11 @@ class GateConfig(SplitConfig):
     """The retrain gate: both bundles scored on one fixed labelled set; accept unless worse by > ``tolerance``."""
 
     tolerance: float = 0.01
-    max_train: int | None = 5000
-    max_test: int | None = 2000
 
 
 def gate(candidate_dir: Path, current_dir: Path, cfg: GateConfig) -> dict:
     """kNN and linear-probe accuracy of both bundles through ONNX Runtime on the same pixels; the verdict."""
-    report: dict = {"eval_data": cfg.data, "tolerance": cfg.tolerance, "max_train": cfg.max_train,
-                    "max_test": cfg.max_test}
+    report: dict = {"eval_data": cfg.data, "tolerance": cfg.tolerance}
     sets: dict[int, tuple] = {}  # input size → the (train, test) splits, read once for both bundles
     for name, bundle in (("current", current_dir), ("candidate", candidate_dir)):
         enc = OnnxEncoder(bundle)
@@ -154,6 +161,7 @@ def gate(candidate_dir: Path, current_dir: Path, cfg: GateConfig) -> dict:
         embed = onnx_embedder(enc)
         scores = metrics.score(embed(train.images), train.labels, embed(test.images), test.labels, k=cfg.k)
         report[name] = {"version": enc.version, **scores.as_dict()}
+        report["settings"] = cfg.protocol(len(train), len(test))
     cur, cand = report["current"], report["candidate"]
     reasons = [f"{m} {cand[m]:.4f} < {cur[m]:.4f} - {cfg.tolerance}" for m in ("knn", "probe")
                if cand[m] < cur[m] - cfg.tolerance]

@@ -1,6 +1,7 @@
 """The one set of metrics: weighted kNN, linear probe, raw pixels — one invariant each."""
 
 import numpy as np
+import pytest
 
 from index.metrics import evaluate, knn_accuracy, pixel_features, score
 
@@ -62,3 +63,30 @@ def test_evaluate_scores_every_embedder_and_raw_pixels_alike():
     flat = lambda x: x.reshape(len(x), -1).astype(np.float32) / 255.0  # the same features as raw pixels
     report = evaluate({"same": flat}, images[:40], labels[:40], images[40:], labels[40:], k=5)
     assert set(report) == {"same", "raw_pixels"} and report["same"] == report["raw_pixels"]
+
+
+def test_grayscale_pixels_count_once_and_colour_pixels_thrice():
+    gray = np.repeat(np.random.default_rng(0).integers(0, 256, (3, 28, 28, 1), dtype=np.uint8), 3, axis=-1)
+    colour = gray.copy()
+    colour[0, 0, 0, 1] ^= 1
+    assert pixel_features(gray).shape == (3, 784) and pixel_features(colour).shape == (3, 3 * 784)
+
+
+def test_knn_at_several_k_equals_one_k_at_a_time():
+    from index.metrics import knn_accuracies
+
+    tr, ytr = _clusters(n_per=50, seed=0)
+    te, yte = _clusters(n_per=50, seed=1)
+    noisy = np.random.default_rng(1).permutation(ytr[:60])
+    ytr = np.concatenate([noisy, ytr[60:]])
+    both = knn_accuracies(tr, ytr, te, yte, (3, 40))
+    assert both == {3: knn_accuracy(tr, ytr, te, yte, k=3), 40: knn_accuracy(tr, ytr, te, yte, k=40)}
+
+
+def test_scores_carry_standard_errors_and_probe_iterations():
+    tr, ytr = _clusters(seed=0)
+    te, yte = _clusters(seed=1)
+    d = score(tr, ytr, te, np.roll(yte, 3)).as_dict()
+    p, n = d["knn"], d["n_test"]
+    assert d["se"]["knn"] == pytest.approx((p * (1 - p) / n) ** 0.5) and n == 80
+    assert d["probe_iterations"] > 0 and d["probe_converged"] and {"knn_200", "dim"} <= set(d)

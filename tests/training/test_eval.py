@@ -26,3 +26,16 @@ def test_random_init_keeps_the_callers_rng():
     state = torch.get_rng_state()
     random_init_like(enc)
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_random_init_baseline_gets_its_batchnorm_statistics_from_the_images():
+    """Untrained BN keeps the init's running stats (mean 0, var 1); calibrated, they describe real activations."""
+    enc = tiny_encoder()
+    plain = random_init_like(enc)
+    calibrated = random_init_like(enc, calibrate_on=sample_images(64))
+    bn = lambda m: next(b for b in m.modules() if isinstance(b, torch.nn.BatchNorm2d))  # noqa: E731
+    assert torch.all(bn(plain).running_mean == 0) and not torch.allclose(bn(calibrated).running_mean,
+                                                                         torch.zeros_like(bn(plain).running_mean))
+    weights = lambda m: [p.detach().clone() for p in m.parameters()]  # noqa: E731
+    assert all(torch.equal(a, b) for a, b in zip(weights(plain), weights(calibrated), strict=True))
+    assert not calibrated.training

@@ -43,3 +43,13 @@ def test_weight_decay_enters_before_adaptation():
     opt.step()
     step = 0.5 * 1.0 / 2 ** 0.5
     assert torch.allclose(w, torch.tensor([[1.0 - step, -step]]))
+
+
+def test_clipped_trust_ratio_never_steps_faster_than_sgd():
+    """LARC (clip_lr): the factor is min(η‖w‖/(lr‖g‖), 1); with a large η it is 1, i.e. a plain SGD step."""
+    w = nn.Parameter(torch.tensor([[3.0, 4.0]]))
+    opt = LARS([{"params": [w], "lars": True}], lr=0.1, momentum=0.0, weight_decay=0.0, trust_coefficient=10.0,
+               clip_lr=True)
+    w.grad = torch.tensor([[0.0, 10.0]])  # unclipped factor 10·5/10 = 5 → clipped to min(5/0.1, 1) = 1
+    opt.step()
+    assert torch.allclose(w, torch.tensor([[3.0, 4.0 - 0.1 * 10.0]]))

@@ -56,8 +56,8 @@ def test_fresh_state_is_seeded_and_starts_at_step_0():
 def test_checkpoint_payload_keys_are_the_file_format():
     state = _state()
     payload = checkpoint_payload(state, elapsed_s=1.5)
-    assert list(payload) == ["online", "target", "optimizer", "step", "total_steps", "calibrated", "elapsed_s",
-                             "data", "rng", "config", "encoder_config", "history"]
+    assert list(payload) == ["online", "target", "optimizer", "step", "total_steps", "warmup_steps", "calibrated",
+                             "elapsed_s", "data", "rng", "config", "encoder_config", "history"]
     assert payload["elapsed_s"] == 1.5 and payload["config"] == state.cfg.to_dict()
 
 
@@ -118,3 +118,14 @@ def test_init_from_adopts_the_parents_encoder_and_heads_with_a_warning(tmp_path,
         cfg, own, parent = starting_point(_cfg(), tmp_path / "run" / "checkpoint.pt", False, tmp_path / "p.pt")
     assert cfg.heads.out_dim == 24 and own is None and parent["step"] == 0
     assert "using the parent's encoder/heads config" in caplog.text
+
+
+def test_warmup_is_fixed_at_the_start_and_survives_a_lower_horizon(tmp_path):
+    """A time budget lowers K after calibration; the warmup length must not follow it (the lr would jump)."""
+    from training.train import train
+
+    cfg = _cfg("train.steps=1000", "train.epochs=None", "optim.warmup_fraction=0.5", "train.max_minutes=0.02",
+               "train.calibrate_steps=2", "train.knn_every=0", "train.progress=false")
+    res = train(cfg, tmp_path, data=ImageSet(sample_images(48)))
+    ckpt = torch.load(res.checkpoint_path, weights_only=True)
+    assert ckpt["total_steps"] < 1000 and ckpt["warmup_steps"] == 500

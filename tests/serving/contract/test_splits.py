@@ -53,3 +53,8 @@ def test_an_unlabelled_folder_is_refused(tmp_path):
         (tmp_path / f"{i}.png").write_bytes(encode_png(np.zeros((8, 8, 3), np.uint8)))
     with pytest.raises(SourceError, match="2 labelled classes"):
         labelled_splits(str(tmp_path), 8)
+
+
+def test_the_standard_protocol_uses_the_whole_train_split_as_the_bank(fmnist_root):
+    train, test = labelled_splits("fashion-mnist", 28, str(fmnist_root))
+    assert (len(train), len(test)) == (60000, 10000) and train.uris[0] == "fashion-mnist:train/0"
