@@ -76,6 +76,18 @@ class _Base:
         self.version = body.get("version", self.version)
         return body
 
+    def _removal(self, ids, version, uris) -> dict:
+        body: dict = {}
+        if ids:
+            body["ids"] = [int(i) for i in ids]
+            body["version"] = version or self.version
+            if not body["version"]:
+                raise ClientError("removing by id needs the version the ids came from (version=...), or remove by "
+                                  "uris", None, self.url)
+        if uris:
+            body["uris"] = [str(u) for u in uris]
+        return body
+
     @staticmethod
     def _files(field: str, images) -> list:
         return [(field, _part(im, i)) for i, im in enumerate(images)]
@@ -130,13 +142,18 @@ class EmbeddingClient(_Base):
         return self._call("GET", "/info")
 
     def add(self, images: list[ImageLike], labels: list[str] | None = None) -> list[int]:
-        """(admin) Store and index images → their new ids (durable once returned)."""
+        """(admin) Store and index images → their ids (durable once returned; ids of the version in
+        :attr:`version`). Idempotent: an image already indexed (same bytes) gets its existing id back, so retrying
+        after a timeout or a 503 never adds it twice."""
         data = {"labels": json.dumps(labels)} if labels is not None else None
         return self._call("POST", "/index/add", admin=True, files=self._files("images", images), data=data)["ids"]
 
-    def remove(self, ids: list[int]) -> int:
-        """(admin) Remove items by id → how many were removed."""
-        return self._call("POST", "/index/remove", admin=True, json={"ids": [int(i) for i in ids]})["removed"]
+    def remove(self, ids: list[int] | None = None, version: str | None = None, uris: list[str] | None = None) -> int:
+        """(admin) Remove items → how many were removed. Ids belong to one version's index: ``version`` defaults to
+        the version of this client's last answer (the server answers 409 when it serves another one now, since ids
+        differ between versions). ``uris`` (``sha256:<hex of the image bytes>`` for uploads) are stable across
+        versions and need no version."""
+        return self._call("POST", "/index/remove", admin=True, json=self._removal(ids, version, uris))["removed"]
 
     def reload(self, version: str | None = None) -> dict:
         """(admin) Serve ``version`` (default: the promoted one) → ``{"version", "previous"}``."""
@@ -207,9 +224,10 @@ class AsyncEmbeddingClient(_Base):
         body = await self._call("POST", "/index/add", admin=True, files=self._files("images", images), data=data)
         return body["ids"]
 
-    async def remove(self, ids: list[int]) -> int:
+    async def remove(self, ids: list[int] | None = None, version: str | None = None,
+                     uris: list[str] | None = None) -> int:
         """See :meth:`EmbeddingClient.remove`."""
-        body = await self._call("POST", "/index/remove", admin=True, json={"ids": [int(i) for i in ids]})
+        body = await self._call("POST", "/index/remove", admin=True, json=self._removal(ids, version, uris))
         return body["removed"]
 
     async def reload(self, version: str | None = None) -> dict:

@@ -49,7 +49,11 @@ class Collection:
 
     # ------------------------------------------------------------------------------------------ items
     def add(self, items: Iterable[Item], removed: bool = False) -> int:
-        """Append items (fsynced before returning); returns how many. Safe across threads and processes (flock)."""
+        """Append items (fsynced before returning); returns how many. Safe across threads and processes (flock).
+
+        Crash and disk-full safe: a torn last line (a crash mid-append) is cut off before appending, so it never
+        swallows the next record; an append that fails (ENOSPC, EIO) is cut back out and its error re-raised.
+        """
         stamp = now_iso()
         lines = []
         for it in items:
@@ -62,14 +66,12 @@ class Collection:
             return 0
         path = self.root / ITEMS_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            try:
-                fh.write("".join(lines))
-                fh.flush()
-                os.fsync(fh.fileno())
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            _append_lines(fd, path, "".join(lines).encode())
+        finally:
+            os.close(fd)  # releases the flock
         return len(lines)
 
     def remove(self, uris: Iterable[str]) -> int:
@@ -130,3 +132,33 @@ class Collection:
             return path.read_bytes()
         except OSError as exc:
             raise CollectionError(f"{uri}: cannot read the file: {exc.strerror}") from None
+
+
+def _append_lines(fd: int, path: Path, data: bytes) -> None:
+    """Under the caller's flock: cut a torn last line, append ``data``, fsync; on failure cut back and re-raise."""
+    start = os.fstat(fd).st_size
+    if start:
+        tail = os.pread(fd, min(start, 1 << 16), max(0, start - (1 << 16)))
+        if not tail.endswith(b"\n"):
+            cut = tail.rfind(b"\n")
+            keep = start - len(tail) + cut + 1 if cut >= 0 else (0 if len(tail) == start else None)
+            if keep is None:  # a torn line longer than 64 KiB: end it instead of searching further back
+                os.write(fd, b"\n")
+            else:
+                log.warning("%s: cutting a torn last line of %d bytes (a crash during an append)", path,
+                            start - keep)
+                os.ftruncate(fd, keep)
+            start = os.fstat(fd).st_size
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except OSError:
+        try:
+            os.ftruncate(fd, start)
+            os.fsync(fd)
+        except OSError as exc:
+            log.error("%s: cutting back a failed append failed too (%s); the next append cuts the torn line", path,
+                      exc)
+        raise

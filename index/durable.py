@@ -3,33 +3,34 @@
 Layout of the directory::
 
     CURRENT, snap-*/   the current snapshot (``index.snapshot``; its meta records ``wal_seq``: the last logged op in it)
-    wal.log            adds/removes since that snapshot, one framed record each (magic, length, crc32, payload)
+    wal.log            adds/removes since that snapshot, one framed record each (``index.wal``)
     LOCK               flock: one writing process per directory
 
 Why: an add or remove is appended to ``wal.log`` and fsynced *before* the call returns, so an acknowledged
-write is on disk; ``open`` replays records newer than the snapshot's ``wal_seq`` (so a crash between a snapshot
-and the log truncation replays nothing twice) and cuts a torn tail left by a crash mid-append. ``compact``
-snapshots and empties the log (automatically once the log passes ``compact_bytes``; HNSW tombstones are dropped then
-when they are more than 10% of the items). Threads: a writer-preferring readers-writer lock; searches run concurrently
-(FAISS releases the GIL), a write waits for them and excludes them, so a search sees all of an add or none.
+write is on disk; a failed append is cut back out of the log (``index.wal.LogWriter``), so it never shadows a later
+one. ``open`` replays records newer than the snapshot's ``wal_seq`` (so a crash between a snapshot and the log reset
+replays nothing twice), cuts a torn tail left by a crash mid-append, and refuses a log damaged in the middle (the
+error names the offset and :func:`repair`). ``compact`` snapshots and empties the log (automatically once the log
+passes ``compact_bytes``; a failed automatic compaction is logged and never fails the write that triggered it; HNSW
+tombstones are dropped then when they are more than 10% of the items). Threads: a writer-preferring readers-writer
+lock; searches run concurrently (FAISS releases the GIL), a write waits for them and excludes them, so a search sees
+all of an add or none. Adds can be made idempotent by URI (``dedupe=True``): an item whose URI the index holds
+already gets its existing id back, so a retried upload never becomes a second item.
 """
 
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import shutil
-import struct
 import threading
-import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from index import snapshot
+from index import snapshot, wal
 from index.fsio import atomic_publish_dir, atomic_write_bytes, fsync_dir
 from index.vector_index import Hit, IndexStoreError, VectorIndex, VersionMismatchError
 
@@ -37,11 +38,9 @@ log = logging.getLogger(__name__)
 
 WAL_FILE = "wal.log"
 LOCK_FILE = "LOCK"
-_MAGIC = b"BWL1"
-_FRAME = struct.Struct("<4sII")  # magic, payload length, crc32(payload)
-_HEAD = struct.Struct("<I")  # header json length inside the payload
 DEFAULT_COMPACT_BYTES = 64 * 2**20  # log size past which a write snapshots (the write then takes longer)
 TOMBSTONE_REBUILD_FRACTION = 0.1  # HNSW: rebuild without tombstones at a snapshot past this share of dead items
+encode_record, read_records = wal.encode_record, wal.read_records  # the log format lives in index.wal
 
 
 class RWLock:
@@ -83,37 +82,6 @@ class RWLock:
                 self._cond.notify_all()
 
 
-# ---------------------------------------------------------------------------------------------- log records
-def encode_record(header: dict, vectors: np.ndarray | None = None) -> bytes:
-    head = json.dumps(header, separators=(",", ":")).encode()
-    body = b"" if vectors is None else np.ascontiguousarray(vectors, dtype=np.float32).tobytes()
-    payload = _HEAD.pack(len(head)) + head + body
-    return _FRAME.pack(_MAGIC, len(payload), zlib.crc32(payload)) + payload
-
-
-def read_records(path: Path) -> tuple[list[tuple[dict, np.ndarray | None]], int]:
-    """All complete records of a log, and the byte offset where the valid part ends (a torn tail after it)."""
-    if not path.is_file():
-        return [], 0
-    data = path.read_bytes()
-    out, pos = [], 0
-    while pos + _FRAME.size <= len(data):
-        magic, length, crc = _FRAME.unpack_from(data, pos)
-        start, end = pos + _FRAME.size, pos + _FRAME.size + length
-        if magic != _MAGIC or end > len(data) or zlib.crc32(data[start:end]) != crc:
-            break
-        payload = data[start:end]
-        (hlen,) = _HEAD.unpack_from(payload, 0)
-        header = json.loads(payload[_HEAD.size:_HEAD.size + hlen])
-        body = payload[_HEAD.size + hlen:]
-        vectors = np.frombuffer(body, dtype=np.float32).reshape(-1, header["dim"]) if body else None
-        out.append((header, vectors))
-        pos = end
-    if pos != len(data):
-        log.warning("%s: ignoring a torn tail of %d bytes (crash during an append)", path, len(data) - pos)
-    return out, pos
-
-
 class DurableIndex:
     """Thread-safe, write-ahead-logged :class:`VectorIndex` living in one directory."""
 
@@ -123,8 +91,17 @@ class DurableIndex:
         self._seq = wal_seq
         self._lock_fd = lock_fd
         self._rw = RWLock()
-        self._wal = None if lock_fd is None else open(directory / WAL_FILE, "ab")
+        self._wal = None if lock_fd is None else wal.LogWriter(directory / WAL_FILE)
+        self._by_uri: dict[str, set[int]] = {}
+        self._index_uris()
         self.compact_bytes = DEFAULT_COMPACT_BYTES
+        self.closed = False
+
+    def _index_uris(self) -> None:
+        self._by_uri = {}
+        for i, m in self._index.metadata.items():
+            if m.get("uri"):
+                self._by_uri.setdefault(m["uri"], set()).add(int(i))
 
     # ------------------------------------------------------------------------------------------ opening
     @classmethod
@@ -158,11 +135,11 @@ class DurableIndex:
                 index, wal_seq = VectorIndex(dim, encoder_version, factory), 0
                 index.save(directory, extra={"wal_seq": 0})
             wal_seq = _replay(directory / WAL_FILE, index, wal_seq, truncate=not read_only)
-        except BaseException:
+            return cls(directory, index, wal_seq, lock_fd)
+        except BaseException:  # the lock must not outlive a failed open (the next open would be refused)
             if lock_fd is not None:
                 os.close(lock_fd)
             raise
-        return cls(directory, index, wal_seq, lock_fd)
 
     @staticmethod
     def exists(directory: str | os.PathLike) -> bool:
@@ -214,26 +191,60 @@ class DurableIndex:
         with self._rw.read():
             return [(int(i), dict(m)) for i, m in self._index.metadata.items()]
 
+    def ids_of(self, uris) -> list[int]:
+        """The live ids holding any of ``uris`` (the stable key of an item across versions is its URI)."""
+        with self._rw.read():
+            return sorted({i for u in uris for i in self._by_uri.get(u, ())})
+
+    def present_uris(self, uris) -> set[str]:
+        """Which of ``uris`` the index holds."""
+        with self._rw.read():
+            return {u for u in uris if u in self._by_uri}
+
     # ------------------------------------------------------------------------------------------ operations
     def _append(self, header: dict, vectors: np.ndarray | None = None) -> None:
         if self._wal is None:
-            raise IndexStoreError(f"index {self.directory} is open read-only")
-        self._wal.write(encode_record(header, vectors))
-        self._wal.flush()
-        os.fsync(self._wal.fileno())
+            raise IndexStoreError(f"index {self.directory} is "
+                                  f"{'closed' if self.closed else 'open read-only'}: it takes no writes")
+        self._wal.append(encode_record(header, vectors))
 
-    def add(self, vectors: np.ndarray, metadata: list[dict], encoder_version: str) -> np.ndarray:
-        """Log (fsync) then apply; the returned ids are durable."""
+    def add(self, vectors: np.ndarray, metadata: list[dict], encoder_version: str, *,
+            dedupe: bool = False) -> np.ndarray:
+        """Log (fsync) then apply; the returned ids are durable. With ``dedupe`` an item whose ``uri`` is in the
+        index already (or earlier in this call) is not added again: its existing id is returned in its place."""
         with self._rw.write():
             x, metas = self._index.prepare_add(vectors, metadata, encoder_version)
-            if not len(x):
-                return np.zeros(0, dtype=np.int64)
-            ids = np.arange(self._index.next_id, self._index.next_id + len(x), dtype=np.int64)
-            self._append({"op": "add", "seq": self._seq + 1, "dim": self.dim, "ids": ids.tolist(), "meta": metas}, x)
+            ids, fresh = self._assign_ids(metas, dedupe)
+            if not fresh:
+                return ids
+            new_ids = ids[fresh]
+            new_metas = [metas[i] for i in fresh]
+            self._append({"op": "add", "seq": self._seq + 1, "dim": self.dim, "ids": new_ids.tolist(),
+                          "meta": new_metas}, x[fresh])
             self._seq += 1
-            self._index.add_prepared(x, metas, ids)
+            self._index.add_prepared(x[fresh], new_metas, new_ids)
+            for i, m in zip(new_ids.tolist(), new_metas, strict=True):
+                if m.get("uri"):
+                    self._by_uri.setdefault(m["uri"], set()).add(int(i))
             self._maybe_compact()
             return ids
+
+    def _assign_ids(self, metas: list[dict], dedupe: bool) -> tuple[np.ndarray, list[int]]:
+        """Ids for each row (existing ones for known URIs when deduplicating) and the rows to really add."""
+        ids = np.empty(len(metas), dtype=np.int64)
+        fresh, pending, next_id = [], {}, self._index.next_id
+        for row, m in enumerate(metas):
+            uri = m.get("uri") if dedupe else None
+            known = min(self._by_uri[uri]) if uri in self._by_uri else pending.get(uri)
+            if uri and known is not None:
+                ids[row] = known
+                continue
+            ids[row] = next_id
+            if uri:
+                pending[uri] = next_id
+            fresh.append(row)
+            next_id += 1
+        return ids, fresh
 
     def remove(self, ids) -> int:
         with self._rw.write():
@@ -243,6 +254,12 @@ class DurableIndex:
                 return 0
             self._append({"op": "remove", "seq": self._seq + 1, "dim": self.dim, "ids": present})
             self._seq += 1
+            for i in present:
+                uri = self._index.metadata[i].get("uri")
+                if uri in self._by_uri:
+                    self._by_uri[uri].discard(i)
+                    if not self._by_uri[uri]:
+                        del self._by_uri[uri]
             removed = self._index.remove(present)
             self._maybe_compact()
             return removed
@@ -252,9 +269,15 @@ class DurableIndex:
             return self._index.search(queries, k, encoder_version)
 
     def _maybe_compact(self) -> None:
-        """Keep the log (replayed at every open) bounded; caller holds the write lock."""
-        if self.compact_bytes and self._wal is not None and self._wal.tell() > self.compact_bytes:
+        """Keep the log (replayed at every open) bounded; caller holds the write lock. The write that got here is
+        durable already, so a failing snapshot (a full disk) is logged and retried at a later write, never raised."""
+        if not (self.compact_bytes and self._wal is not None and self._wal.size() > self.compact_bytes):
+            return
+        try:
             self._snapshot()
+        except Exception as exc:
+            log.warning("compacting %s failed (%s); the log keeps every write, compaction is retried later",
+                        self.directory, exc)
 
     def compact(self) -> None:
         """Snapshot everything and empty the log (the snapshot records the log position first)."""
@@ -265,6 +288,7 @@ class DurableIndex:
         """Swap in a freshly built index (a rebuild), durably: snapshot it, then empty the log."""
         with self._rw.write():
             self._index = index
+            self._index_uris()
             self._snapshot()
 
     def _snapshot(self) -> None:
@@ -275,12 +299,12 @@ class DurableIndex:
                      self.directory)
             self._index = self._index.without_tombstones()
         self._index.save(self.directory, extra={"wal_seq": self._seq})
-        self._wal.close()
-        atomic_write_bytes(self.directory / WAL_FILE, b"")
-        self._wal = open(self.directory / WAL_FILE, "ab")
+        self._wal.reset()
 
     def close(self) -> None:
+        """Release the log and the directory lock; searches on this object keep working, writes are refused."""
         with self._rw.write():
+            self.closed = True
             if self._wal is not None:
                 self._wal.close()
                 self._wal = None
@@ -307,26 +331,52 @@ def _take_lock(directory: Path) -> int:
     return fd
 
 
-def _replay(wal: Path, index: VectorIndex, wal_seq: int, truncate: bool) -> int:
-    records, valid_end = read_records(wal)
+def _replay(path: Path, index: VectorIndex, wal_seq: int, truncate: bool) -> int:
+    s = wal.scan(path)
+    if s.corrupt_at is not None:
+        raise wal.corruption_error(path, s)
     applied = 0
-    for header, vectors in records:
+    for header, vectors in s.records:
         if header["seq"] <= wal_seq:
-            continue  # already in the snapshot (crash between snapshot and log truncation)
+            continue  # already in the snapshot (crash between snapshot and log reset)
         ids = np.asarray(header["ids"], dtype=np.int64)
         if header["op"] == "add":
             index.add_prepared(vectors, header["meta"], ids)
         elif header["op"] == "remove":
             index.remove(ids)
         else:
-            raise IndexStoreError(f"{wal}: unknown log record {header['op']!r}")
+            raise IndexStoreError(f"{path}: unknown log record {header['op']!r}")
         wal_seq = header["seq"]
         applied += 1
-    if truncate and wal.is_file() and wal.stat().st_size != valid_end:
-        with open(wal, "rb+") as fh:
-            fh.truncate(valid_end)
-            os.fsync(fh.fileno())
-        fsync_dir(wal.parent)
+    if s.valid_end != s.size:
+        log.warning("%s: %s a torn tail of %d bytes (crash during an append)", path,
+                    "cutting" if truncate else "ignoring", s.size - s.valid_end)
+        if truncate:
+            with open(path, "rb+") as fh:
+                fh.truncate(s.valid_end)
+                os.fsync(fh.fileno())
+            fsync_dir(path.parent)
     if applied:
-        log.info("replayed %d logged operation(s) from %s", applied, wal)
+        log.info("replayed %d logged operation(s) from %s", applied, path)
     return wal_seq
+
+
+def repair(directory: str | os.PathLike) -> dict:
+    """Make a log damaged in the middle usable again: keep every intact record (in order), drop the bad bytes.
+
+    Takes the directory's writer lock (stop the server first). Returns ``{"kept", "dropped_ranges",
+    "dropped_bytes"}``. What a dropped record held is still in the collection (it is written first), so the next
+    reconcile (``/admin/reload`` of another version, or a rebuild) brings those items back.
+    """
+    directory = Path(directory)
+    path = directory / WAL_FILE
+    lock_fd = _take_lock(directory)
+    try:
+        kept, dropped = wal.intact_frames(path)
+        if dropped:
+            atomic_write_bytes(path, kept)
+            log.warning("%s: repaired, dropped bytes %s", path, dropped)
+        return {"kept": len(wal.scan(path).records), "dropped_ranges": dropped,
+                "dropped_bytes": sum(b - a for a, b in dropped)}
+    finally:
+        os.close(lock_fd)

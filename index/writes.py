@@ -5,7 +5,9 @@ add``, and the reconcile a reload runs before a swap — so the rules hold every
 
 * the collection is written first (fsynced), the index's log last: every acknowledged id can be rebuilt by a new
   encoder version, and a crash in between leaves an unindexed collection item, never an unrecorded indexed one;
-* a removal is recorded in the collection too, so a rebuild for a new version does not bring the item back;
+* a removal is recorded in the collection first, then applied to the index, so neither a rebuild nor a reconcile
+  for a new version brings the item back (a crash in between leaves an item the next reconcile drops);
+* uploads are keyed by content (``sha256:`` URIs) and added idempotently: a retried add returns the same id;
 * a published index appears complete or not at all (:meth:`DurableIndex.publish`).
 
 Index metadata is a dict per item with at least ``uri`` (and ``label``); the collection keeps ``(uri, label)``.
@@ -47,19 +49,33 @@ def add(index: DurableIndex, collection: Collection, vectors: np.ndarray, metada
 
 def add_images(index: DurableIndex, collection: Collection, vectors: np.ndarray, datas: list[bytes],
                labels: list[str | None] | None, encoder_version: str) -> np.ndarray:
-    """Uploads: keep each image's bytes in the collection (content-addressed), then :func:`add` them."""
+    """Uploads: keep each image's bytes in the collection (content-addressed), then add them — idempotently: an
+    image the index holds already (same bytes) gets its existing id back and is not recorded again (its label
+    stays as first given); the same image twice in one call gets one id."""
     labels = labels if labels is not None else [None] * len(datas)
     uris = [collection.store_bytes(data) for data in datas]
     metadata = [{"uri": u, "label": lab} for u, lab in zip(uris, labels, strict=True)]
-    return add(index, collection, vectors, metadata, encoder_version)
+    known = index.present_uris(uris)
+    fresh, seen = [], set()
+    for m in metadata:
+        if m["uri"] not in known and m["uri"] not in seen:
+            seen.add(m["uri"])
+            fresh.append(m)
+    collection.add(_items(fresh))
+    return index.add(vectors, metadata, encoder_version, dedupe=True)
 
 
 def remove(index: DurableIndex, collection: Collection, ids: Sequence[int]) -> int:
-    """Remove from the index and record the removal in the collection; returns how many ids were present."""
+    """Record the removal in the collection, then remove from the index; returns how many ids were present."""
     uris = [m["uri"] for m in (index.metadata(int(i)) for i in ids) if m and m.get("uri")]
-    removed = index.remove(ids)
     collection.remove(uris)
-    return removed
+    return index.remove(ids)
+
+
+def remove_uris(index: DurableIndex, collection: Collection, uris: Sequence[str]) -> int:
+    """Remove items by URI, the key that stays the same across versions (ids belong to one version's index)."""
+    collection.remove([u for u in uris if u])
+    return index.remove(index.ids_of(uris))
 
 
 Embed = Callable[[list[Item]], tuple[np.ndarray, list[Item]]]  # items → vectors of those that could be read

@@ -62,6 +62,10 @@ class MicroBatcher:
         self._queue.put_nowait(_Item(images, future))
         return await future
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
         """Stop the worker once the queue is drained; later submits run unbatched."""
         self._closed = True
@@ -85,6 +89,8 @@ class MicroBatcher:
             if item is None:
                 stop = True
                 break
+            if item.future.done():  # its request was cancelled (client gone): skip its work
+                continue
             if count + len(item.images) > self.max_batch_size:
                 self._queue.put_nowait(item)  # keep it for the next batch (order is not a promise)
                 break
@@ -98,6 +104,8 @@ class MicroBatcher:
             first = await self._queue.get()
             if first is None:
                 return
+            if first.future.done():  # cancelled while queued (its client disconnected): no model work for it
+                continue
             batch, stop = await self._collect(first)
             images = batch[0].images if len(batch) == 1 else np.concatenate([b.images for b in batch])
             self.batch_sizes = [*self.batch_sizes[-999:], len(images)]

@@ -45,3 +45,10 @@ class TooLarge(BentoMLException):
     """413: more images in one request than the server accepts."""
 
     error_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+
+class Unavailable(BentoMLException):
+    """503: the server cannot do it now (its storage failed: a full or failing disk); retry later. The edge adds
+    ``Retry-After``. Nothing of the failed write was kept."""
+
+    error_code = HTTPStatus.SERVICE_UNAVAILABLE

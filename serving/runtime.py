@@ -34,32 +34,55 @@ def resolve_tag(explicit: str | None = None) -> str:
 
 
 class _IndexCache:
-    """Open durable indexes by version. An index directory takes a write lock per open, so a reload to a version
-    already open in this process (same version, or a rollback) must reuse the open object, not open it twice."""
+    """Open durable indexes by version, shared by the runtimes that use them and closed with the last of them.
+
+    An index directory takes a write lock per open, so a reload to a version already open in this process (same
+    version, or a rollback) must reuse the open object, not open it twice; and an index no runtime uses any more is
+    closed at once (its log and lock released, its memory freed with the last request still holding it), so memory
+    stays flat however many reloads a server sees.
+    """
 
     def __init__(self) -> None:
-        self._open: dict[str, object] = {}
+        self._open: dict[str, list] = {}  # version → [index, number of runtimes holding it]
         self._lock = threading.Lock()
 
-    def get(self, version: str, dim: int):
-        """The open index of ``version``, or ``(None, why)`` when none was built."""
+    def acquire(self, version: str, dim: int):
+        """The open index of ``version`` (one more holder), or ``(None, why)`` when none was built."""
         with self._lock:
             if version in self._open:
-                return self._open[version], ""
+                self._open[version][1] += 1
+                return self._open[version][0], ""
             from index.durable import DurableIndex
 
             directory = paths.index_dir(version)
             if not DurableIndex.exists(directory):
                 return None, f"no index for version {version}; run 'byol index build --model {version}'"
             idx = DurableIndex.open(directory, dim=dim, encoder_version=version)
-            self._open[version] = idx
+            self._open[version] = [idx, 1]
             return idx, ""
+
+    def release(self, version: str) -> None:
+        """One holder fewer; the last one closes the index."""
+        with self._lock:
+            entry = self._open.get(version)
+            if entry is None:
+                return
+            entry[1] -= 1
+            if entry[1] > 0:
+                return
+            del self._open[version]
+        entry[0].close()
+        log.info("closed the index of %s (no runtime uses it any more)", version)
+
+    def open_versions(self) -> dict[str, int]:
+        with self._lock:
+            return {v: n for v, (_, n) in self._open.items()}
 
     def close_all(self) -> None:
         with self._lock:
-            for idx in self._open.values():
-                idx.close()
-            self._open.clear()
+            entries, self._open = list(self._open.values()), {}
+        for idx, _ in entries:
+            idx.close()
 
 
 INDEXES = _IndexCache()
@@ -131,6 +154,7 @@ class Runtime:
             "loaded_at": self.loaded_at,
             "index": None if self.index is None else {
                 "version": self.index.encoder_version, "size": len(self.index), "factory": self.index.factory},
+            "open_indexes": INDEXES.open_versions(),  # version → runtimes holding it (old ones are closed)
             "classes": classes,
             "classifiers": [name for name, c in (("probe", self.probe), ("knn", self.knn)) if c is not None],
             "missing": self.missing,
@@ -149,8 +173,14 @@ class Runtime:
         return vectors, readable
 
     def close(self) -> None:
-        """Stop the batcher's worker (in-flight requests still get answers; indexes stay open in the cache)."""
+        """Stop the batcher's worker and give the index back (closed when no other runtime holds it). Requests
+        still holding this runtime finish: embedding runs unbatched, searches still work; writes go to the runtime
+        served now (``serving.served``), never here. Call once."""
+        if self.batcher.closed:
+            return
         self.batcher.close()
+        if self.index is not None:
+            INDEXES.release(self.version)
 
 
 def check_bundle(tag: str) -> str:
@@ -190,7 +220,7 @@ def load_runtime(tag: str, *, max_batch_size: int = MAX_BATCH_SIZE, max_wait_ms:
     _test_run(encoder)
     missing: dict[str, str] = {}
     try:
-        index, why = INDEXES.get(version, encoder.dim)
+        index, why = INDEXES.acquire(version, encoder.dim)
     except ImportError as exc:
         index, why = None, f"index support is not installed: {exc}"
     except ValueError as exc:  # IndexStoreError / VersionMismatchError are ValueErrors
@@ -202,6 +232,8 @@ def load_runtime(tag: str, *, max_batch_size: int = MAX_BATCH_SIZE, max_wait_ms:
     except ImportError as exc:
         probe, knn, why = None, None, f"classifier support is not installed: {exc}"
     except ValueError as exc:
+        if index is not None:
+            INDEXES.release(version)
         raise BundleError(f"probe for version {version} cannot be used: {exc}") from None
     if probe is None:
         missing["probe"] = why or f"no linear probe for version {version}; run 'byol probe fit --model {version}'"

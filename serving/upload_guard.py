@@ -1,114 +1,284 @@
-"""An ASGI guard in front of the upload endpoints: odd multipart bodies get a 400, never a 500.
+"""The service's single ASGI edge: every request passes here before BentoML parses anything.
 
-Why: BentoML 1.4.39 parses the multipart form itself, before any of our code runs, and three cases end in a 500:
-a file sent under the wrong field name (it tries to JSON-decode the file's bytes), and a *text* value in a file
-field, which it treats as a URL and fetches from the server (so ``image=/etc/passwd`` or an internal URL fails
-with a 500 — and the service must never fetch URLs or read server-side paths on a client's behalf). The guard reads
-only the part headers, answers 400 with the reason, and otherwise hands the buffered body on unchanged.
+In order, for each HTTP request (each refusal is a JSON ``[{"error": "<problem>"}]``, the shape BentoML gives 4xx):
+
+1. headers: duplicate or conflicting ``Content-Type`` / ``Content-Length`` / ``Authorization`` → 400;
+2. admin routes: the bearer token is checked before any byte of the body is read → 401 (403 when the server has no
+   token), so an unauthenticated client cannot make the server buffer or parse anything;
+3. a declared ``Content-Length`` over the route's limit → 413 before reading, and the body is counted while read;
+4. admission: at most ``BYOL_MAX_INFLIGHT`` requests in flight; one more is answered 503 with ``Retry-After`` at
+   once (health, readiness, metrics and ``/info`` are never refused);
+5. upload routes: the multipart body is parsed, checked against the route's fields and rewritten to a canonical
+   body in a worker thread (:mod:`serving.multipart`); JSON routes: the JSON is parsed in a thread (400 when bad);
+6. a read-only request whose client disconnects is cancelled (its queued decoding and model work is skipped);
+   writes always run to their end.
+
+Why here and not in the endpoints: BentoML 1.4.39 reads and parses the body before our endpoint code runs, and a
+few bodies end in a 500 (or a hung request) in there; the edge is the one place that sees every request first.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import json
+import logging
+import os
+from dataclasses import dataclass
 
-from python_multipart.multipart import MultipartParser, parse_options_header
+from anyio import CapacityLimiter, to_thread
 
-# route → the fields that must be uploaded files
-FILE_FIELDS: dict[str, frozenset[str]] = {
-    "/embed": frozenset({"image"}), "/embed_batch": frozenset({"images"}), "/search": frozenset({"image"}),
-    "/classify": frozenset({"image"}), "/index/add": frozenset({"images"}),
+from serving.limits import Limits
+from serving.multipart import BodyError, Form, json_problem, part_problems, prepare
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RouteRule:
+    form: Form | None = None  # an upload route (multipart)
+    json: bool = False  # a JSON route
+    admin: bool = False
+    cancel_on_disconnect: bool = False
+
+
+ROUTES: dict[str, RouteRule] = {
+    "/embed": RouteRule(Form(frozenset({"image"})), cancel_on_disconnect=True),
+    "/embed_batch": RouteRule(Form(frozenset({"images"}), many=True), cancel_on_disconnect=True),
+    "/search": RouteRule(Form(frozenset({"image"}), frozenset({"k"})), cancel_on_disconnect=True),
+    "/classify": RouteRule(Form(frozenset({"image"}), frozenset({"method"})), cancel_on_disconnect=True),
+    "/index/add": RouteRule(Form(frozenset({"images"}), frozenset({"labels"}), many=True), admin=True),
+    "/index/remove": RouteRule(json=True, admin=True),
+    "/admin/reload": RouteRule(json=True, admin=True),
 }
-MAX_BODY = 256 * 1024 * 1024
+FILE_FIELDS: dict[str, frozenset[str]] = {path: r.form.files for path, r in ROUTES.items() if r.form}
+__all__ = ["ADMISSION", "FILE_FIELDS", "ROUTES", "UploadGuard", "part_problems"]
+NEVER_REFUSED = frozenset({"/readyz", "/healthz", "/livez", "/metrics", "/info"})
+GONE = "client closed the request"
 
 
-def part_problems(body: bytes, boundary: bytes, file_fields: frozenset[str]) -> str | None:
-    """The first problem with the parts of a multipart body, or ``None``."""
-    headers: list[tuple[bytes, bytes]] = []
-    field, value = bytearray(), bytearray()
-    parts: list[dict[bytes, bytes]] = []
+class Admission:
+    """How many requests are in flight (one event loop: no lock needed), and what was refused or cancelled."""
 
-    def on_header_field(data: bytes, start: int, end: int) -> None:
-        field.extend(data[start:end])
+    def __init__(self) -> None:
+        self.limit, self.inflight, self.refused, self.cancelled = 0, 0, 0, 0
 
-    def on_header_value(data: bytes, start: int, end: int) -> None:
-        value.extend(data[start:end])
+    def stats(self) -> dict:
+        return {"inflight": self.inflight, "limit": self.limit, "refused_503": self.refused,
+                "cancelled_on_disconnect": self.cancelled}
 
-    def on_header_end() -> None:
-        headers.append((bytes(field).lower(), bytes(value)))
-        field.clear()
-        value.clear()
 
-    def on_headers_finished() -> None:
-        parts.append(dict(headers))
-        headers.clear()
+ADMISSION = Admission()  # the worker's one edge reports here (GET /info → "admission")
 
+
+class EdgeError(Exception):
+    def __init__(self, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or []
+
+
+def admin_token() -> str | None:
+    return os.environ.get("BYOL_ADMIN_TOKEN") or None
+
+
+def check_headers(headers: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+    """One value per header that decides how the body is read or who sends it."""
+    seen: dict[bytes, list[bytes]] = {}
+    for k, v in headers:
+        seen.setdefault(k.lower(), []).append(v)
+    for key in (b"content-type", b"content-length", b"authorization", b"transfer-encoding"):
+        values = seen.get(key, [])
+        if len(values) > 1:
+            what = "conflicting" if len(set(values)) > 1 else "duplicate"
+            raise EdgeError(400, f"{what} {key.decode().title()} headers ({len(values)}): send exactly one")
+    one = {k: v[0] for k, v in seen.items()}
+    if b"content-length" in one and b"transfer-encoding" in one:
+        raise EdgeError(400, "both Content-Length and Transfer-Encoding given: send one")
+    if b"content-length" in one and not one[b"content-length"].strip().isdigit():
+        raise EdgeError(400, "Content-Length is not a number")
+    return one
+
+
+def check_auth(headers: dict[bytes, bytes], expected: str | None) -> None:
+    if not expected:
+        raise EdgeError(403, "admin endpoints are disabled: the server has no BYOL_ADMIN_TOKEN")
+    scheme, _, given = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
+        raise EdgeError(401, "unauthorized: missing or wrong bearer token (Authorization: Bearer <token>)",
+                        [(b"www-authenticate", b"Bearer")])
+
+
+def check_json(body: bytes) -> None:
+    if not body.strip():
+        return
     try:
-        parser = MultipartParser(boundary, {"on_header_field": on_header_field, "on_header_value": on_header_value,
-                                            "on_header_end": on_header_end, "on_headers_finished": on_headers_finished})
-        parser.write(body)
-        parser.finalize()
-    except Exception as exc:
-        return f"malformed multipart body: {exc}"
-    for part in parts:
-        _, options = parse_options_header(part.get(b"content-disposition", b""))
-        name = options.get(b"name", b"").decode(errors="replace")
-        is_file = b"filename" in options
-        if name in file_fields and not is_file:
-            return (f"field {name!r} must be an uploaded file (a multipart part with a filename), not text; "
-                    "the server never fetches URLs or reads server-side paths")
-        if is_file and name not in file_fields:
-            return f"unexpected file field {name!r}; send the image(s) as {', '.join(sorted(file_fields))!r}"
-    return None
+        json.loads(body)
+    except RecursionError:
+        raise BodyError(400, "JSON body nested too deeply") from None
+    except ValueError as exc:
+        raise BodyError(400, f"invalid JSON body: {exc}") from None
 
 
 class UploadGuard:
-    """Pure ASGI middleware (BentoML's ``add_asgi_middleware``)."""
+    """Pure ASGI middleware (BentoML's ``add_asgi_middleware``); ``limits`` default to the environment's."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app, limits: Limits | None = None) -> None:
         self.app = app
+        self.limits = limits or Limits.from_env()
+        self.token = admin_token()
+        self.admission = ADMISSION
+        self.admission.limit = self.limits.max_inflight
+        self._threads: CapacityLimiter | None = None
 
     async def __call__(self, scope, receive, send) -> None:
-        fields = FILE_FIELDS.get(scope.get("path", "")) if scope["type"] == "http" else None
-        ctype = dict(scope.get("headers") or []).get(b"content-type", b"")
-        if fields is None or scope.get("method") != "POST":
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        if not ctype.startswith(b"multipart/form-data"):
-            if ctype.split(b";")[0].strip() in (b"", b"application/json"):
-                return await self.app(scope, receive, send)  # BentoML validates JSON bodies itself (400)
-            return await _reply(send, 415, f"unsupported content type {ctype.decode(errors='replace')!r}: send "
-                                           f"the image(s) as multipart/form-data file field(s) "
-                                           f"{', '.join(sorted(fields))!r}")
+        path = scope.get("path", "")
+        rule = ROUTES.get(path) if scope.get("method") == "POST" else None
+        try:
+            headers = check_headers(scope.get("headers") or [])
+            if rule and rule.admin:
+                check_auth(headers, self.token)
+            limit = self.limits.max_body if rule and rule.form else self.limits.max_json_body
+            declared = int(headers.get(b"content-length", b"0") or 0)
+            if declared > limit:
+                raise EdgeError(413, f"request body of {declared} bytes is over the limit of {limit} bytes")
+            counted = self._admit(path)
+        except EdgeError as exc:
+            return await reply(send, exc.status, exc.message, exc.headers)
+        try:
+            try:
+                body = await self._read(receive, limit)
+                if body is None:  # the client left while sending; still answer (dropped by the server): BentoML's
+                    return await reply(send, 400, GONE)  # TimeoutMiddleware waits for a first send otherwise
+                scope, body = await self._check_body(scope, headers, rule, body)
+            except (EdgeError, BodyError) as exc:
+                return await reply(send, exc.status, exc.message, getattr(exc, "headers", None))
+            await self._run(scope, receive, send, body, bool(rule and rule.cancel_on_disconnect))
+        finally:
+            if counted:
+                self.admission.inflight -= 1
+
+    def _admit(self, path: str) -> bool:
+        """Take an in-flight slot (→ True), or refuse with 503 + Retry-After; some paths are never refused."""
+        if path in NEVER_REFUSED:
+            return False
+        if self.admission.inflight >= self.limits.max_inflight:
+            self.admission.refused += 1
+            raise EdgeError(503, f"server busy: {self.admission.inflight} requests in flight (limit "
+                                 f"{self.limits.max_inflight}); retry after {self.limits.retry_after_s} s",
+                            [(b"retry-after", str(self.limits.retry_after_s).encode())])
+        self.admission.inflight += 1
+        return True
+
+    @staticmethod
+    async def _read(receive, limit: int) -> bytes | None:
         chunks, size, more = [], 0, True
         while more:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return
+                return None
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
-            if size > MAX_BODY:
-                return await _reply(send, 413, f"request body larger than {MAX_BODY} bytes")
+            if size > limit:
+                raise EdgeError(413, f"request body larger than the limit of {limit} bytes")
             more = message.get("more_body", False)
-        body = b"".join(chunks)
-        _, options = parse_options_header(ctype)
-        boundary = options.get(b"boundary")
-        problem = "multipart request without a boundary" if not boundary else part_problems(body, boundary, fields)
-        if problem:
-            return await _reply(send, 400, problem)
-        replayed = False
+        return b"".join(chunks)
+
+    async def _check_body(self, scope, headers: dict[bytes, bytes], rule: RouteRule | None, body: bytes):
+        """The body the app will read (multipart rewritten), and the scope with matching headers."""
+        if rule is None:
+            return scope, body
+        ctype = headers.get(b"content-type", b"")
+        kind = ctype.split(b";")[0].strip().lower()
+        if rule.json:
+            if kind not in (b"", b"application/json"):
+                raise EdgeError(415, f"unsupported content type {ctype.decode(errors='replace')!r}: send JSON")
+            await to_thread.run_sync(check_json, body, limiter=self._limiter())
+            return scope, body
+        fields = ", ".join(repr(f) for f in sorted(rule.form.files))
+        if kind != b"multipart/form-data":
+            if kind in (b"", b"application/json"):  # BentoML validates JSON itself (400: a string is no image)
+                if len(body) > self.limits.max_json_body:
+                    raise EdgeError(413, f"JSON body of {len(body)} bytes is over the limit of "
+                                         f"{self.limits.max_json_body} bytes; send images as multipart/form-data")
+                problem = await to_thread.run_sync(json_problem, body, rule.form, self.limits,
+                                                   limiter=self._limiter())
+                if problem:
+                    raise problem
+                return scope, body
+            raise EdgeError(415, f"unsupported content type {ctype.decode(errors='replace')!r}: send the image(s) "
+                                 f"as multipart/form-data file field(s) {fields}")
+        new_body, new_type = await to_thread.run_sync(prepare, body, ctype, rule.form, self.limits,
+                                                      limiter=self._limiter())
+        if new_body is body:
+            return scope, body
+        body = new_body
+        rest = [(k, v) for k, v in scope.get("headers") or [] if k.lower() not in (b"content-type", b"content-length")]
+        headers = [*rest, (b"content-type", new_type), (b"content-length", str(len(body)).encode())]
+        return {**scope, "headers": headers}, body
+
+    def _limiter(self) -> CapacityLimiter:
+        if self._threads is None:
+            self._threads = CapacityLimiter(self.limits.threads)
+        return self._threads
+
+    async def _run(self, scope, receive, send, body: bytes, cancellable: bool) -> None:
+        """Hand the buffered body on; watch the connection, and cancel a read-only request whose client left."""
+        gone = asyncio.Event()
+        delivered = started = answered = False
 
         async def replay():
-            nonlocal replayed
-            if not replayed:
-                replayed = True
+            nonlocal delivered
+            if not delivered:
+                delivered = True
                 return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
+            await gone.wait()
+            return {"type": "http.disconnect"}
 
-        await self.app(scope, replay, send)
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        async def send_with_retry_after(message) -> None:
+            nonlocal answered, started
+            started = started or message["type"] == "http.response.start"
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                answered = True  # after this the server reports a "disconnect": the response is complete
+            if message["type"] == "http.response.start" and message["status"] == 503:
+                names = {k.lower() for k, _ in message.get("headers", [])}
+                if b"retry-after" not in names:
+                    message = {**message, "headers": [*message.get("headers", []),
+                                                      (b"retry-after", str(self.limits.retry_after_s).encode())]}
+            await send(message)
+
+        watcher = asyncio.ensure_future(watch())
+        app = asyncio.ensure_future(self.app(scope, replay, send_with_retry_after))
+        try:
+            if cancellable:
+                await asyncio.wait({app, watcher}, return_when=asyncio.FIRST_COMPLETED)
+                if gone.is_set() and not answered and not app.done():
+                    app.cancel()
+                    self.admission.cancelled += 1
+                    log.info("%s: client disconnected, request cancelled", scope.get("path"))
+            try:
+                await app
+            except asyncio.CancelledError:
+                if not (gone.is_set() and app.cancelled()):
+                    raise
+                if not started:
+                    await reply(send, 400, GONE)
+        finally:
+            watcher.cancel()
+            if not app.done():
+                app.cancel()
 
 
-async def _reply(send, status: int, message: str) -> None:
+async def reply(send, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
     """Same body shape BentoML gives other 4xx errors: ``[{"error": msg}]``."""
     payload = json.dumps([{"error": message}]).encode()
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                            *(headers or [])]})
     await send({"type": "http.response.body", "body": payload})

@@ -117,13 +117,24 @@ def _retrain(cfg: RetrainConfig) -> dict:
 
 
 def _publish(cfg: RetrainConfig, version: str, parent: str, n_new: int) -> None:
-    """Index the collection and refit the probe (when the parent had one) for ``version``, then promote it."""
+    """Index the collection and refit the probe (when the parent had one) for ``version``, then promote it.
+
+    Resumable: an index published by an earlier run that was killed afterwards is complete (publishing is atomic),
+    so it is kept, not built again (a second build would be refused); what was added since is reconciled into it
+    when a server loads it. The probe is refitted (cheap, and written whole or not at all).
+    """
     from clients.workflows import indexing, release
     from clients.workflows.evaluation import ProbeConfig, fit_probe
+    from index.durable import DurableIndex
+    from serving.paths import index_dir
 
     g = cfg.gate
-    stages = [("index build", lambda: indexing.build(indexing.BuildConfig(model=version, from_collection=True,
-                                                                          progress=False)))]
+    stages = []
+    if DurableIndex.exists(index_dir(version)):
+        log.info("the index of %s was built by an earlier, interrupted run: kept", version)
+    else:
+        stages.append(("index build", lambda: indexing.build(indexing.BuildConfig(
+            model=version, from_collection=True, progress=False))))
     if probe_dir(parent).exists():
         stages.append(("probe fit", lambda: fit_probe(ProbeConfig(model=version, data=g.data,
                                                                   data_root=g.data_root, labels=g.labels))))
@@ -174,30 +185,47 @@ def _candidate(cfg: RetrainConfig, parent, ckpt: Path, files: list[Path], run_di
     from serving.contract.atomic import atomic_write_json
 
     atomic_write_json(done, candidate)
+    shutil.rmtree(run_dir / "bundle", ignore_errors=True)  # registered: the store holds it now
     return candidate
 
 
 def _register(cfg: RetrainConfig, parent, run_dir: Path, mix: ImageSet, n_new: int, size: int) -> dict:
-    """Export the run's encoder, gate it against the parent, register it (accepted or not) with its report."""
+    """Export the run's encoder, gate it against the parent, register it (accepted or not) with its report.
+
+    Resumable: the bundle is exported into the run directory (atomically) and its gate report kept beside it, so a
+    rerun after a kill registers that same version (registering is idempotent) instead of exporting a new one.
+    """
     from clients.workflows.evaluation import gate
     from serving.contract.atomic import atomic_write, atomic_write_json
-    from serving.contract.bundle import read_bundle
+    from serving.contract.bundle import BundleError, read_bundle
     from serving.store import bundle_path, register_bundle
+
+    bundle = run_dir / "bundle"
+    try:
+        _, manifest = read_bundle(bundle)
+        log.info("reusing the bundle %s exported by an earlier, interrupted run", manifest.version)
+    except BundleError:
+        shutil.rmtree(bundle, ignore_errors=True)
+        manifest = _export(cfg, parent, run_dir, bundle, mix, n_new, size)
+    report_file = bundle / "gate_report.json"
+    if report_file.is_file():
+        report = json.loads(report_file.read_text())
+    else:
+        report = gate(bundle, bundle_path(parent.version), cfg.gate)
+        atomic_write_json(report_file, report)
+    read_bundle(bundle)
+    tag = register_bundle(bundle)
+    atomic_write_json(reports_dir() / f"{manifest.version}.json", report)
+    atomic_write(checkpoint_file(manifest.version), lambda tmp: shutil.copyfile(run_dir / "checkpoint.pt", tmp))
+    return {"version": manifest.version, "tag": tag, "gate": report}
+
+
+def _export(cfg: RetrainConfig, parent, run_dir: Path, bundle: Path, mix: ImageSet, n_new: int, size: int):
     from training.artifact import load_encoder
-    from training.export import export_to_temp
+    from training.export import export_bundle
 
     encoder, meta = load_encoder(run_dir / "encoder.pt")
     meta = dict(meta, data_fingerprint=mix.fingerprint(), parent_version=parent.version)
     meta.setdefault("metrics", {})["new_images"] = n_new
     parity = load_source(cfg.gate.data, "test", size=size, data_root=cfg.gate.data_root).images[:16]
-    tmp_bundle, manifest = export_to_temp(encoder, meta=meta, parity_images=parity, parent_version=parent.version)
-    try:
-        report = gate(tmp_bundle, bundle_path(parent.version), cfg.gate)
-        atomic_write_json(tmp_bundle / "gate_report.json", report)
-        read_bundle(tmp_bundle)
-        tag = register_bundle(tmp_bundle)
-    finally:
-        shutil.rmtree(tmp_bundle.parent, ignore_errors=True)
-    atomic_write_json(reports_dir() / f"{manifest.version}.json", report)
-    atomic_write(checkpoint_file(manifest.version), lambda tmp: shutil.copyfile(run_dir / "checkpoint.pt", tmp))
-    return {"version": manifest.version, "tag": tag, "gate": report}
+    return export_bundle(encoder, bundle, meta=meta, parity_images=parity, parent_version=parent.version)

@@ -1,5 +1,9 @@
 """The image contract: upload bytes → RGB uint8 ``[size, size, 3]``, in one torch-free place.
 
+Decoding cost is bounded before any pixel is decoded: only the supported formats' plugins are tried, the size read
+from the header is checked against :class:`ImageLimits`, and icon frames (which Pillow decodes while opening) are
+measured from their own headers first. :func:`image_size` lets a caller budget a whole request the same way.
+
 Serving, index building, evaluation of folders and the export parity check all call this, so a vector never
 depends on who decoded the pixels. Normalisation (mean/std) is *not* here: it lives inside the ONNX graph.
 """
@@ -8,7 +12,6 @@ from __future__ import annotations
 
 import io
 import struct
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,34 +32,59 @@ class ImageLimits:
 
 
 DEFAULT_LIMITS = ImageLimits()
+MAX_ICON_SIDE = 1024  # ICO/CUR frames are 256 px a side by the format; Pillow decodes one inside Image.open
 
 
 class ImageError(ValueError):
     """The upload is not an image we can embed; the message names the problem for the caller."""
 
 
+def _supported_order() -> list[str]:
+    """The supported formats in Pillow's own registration order (every plugin registered first: a fixed order, so
+    the format chosen for an ambiguous file never depends on what was opened before)."""
+    Image.init()
+    return [f for f in Image.ID if f in SUPPORTED_FORMATS]
+
+
+def _check_icon_frames(data: bytes) -> None:
+    """ICO/CUR: Pillow decodes the icon's frame inside ``Image.open`` (before any size check could run), and a frame
+    may be a PNG of any size whatever the icon directory claims. Read each frame's real size from its own header
+    (PNG IHDR or BMP info header) first."""
+    if data[:4] not in (b"\0\0\1\0", b"\0\0\2\0") or len(data) < 6:
+        return
+    (count,) = struct.unpack_from("<H", data, 4)
+    for entry in range(6, min(6 + 16 * count, len(data) - 15), 16):
+        (offset,) = struct.unpack_from("<I", data, entry + 12)
+        head = data[offset:offset + 26]
+        if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 24:
+            w, h = struct.unpack_from(">II", head, 16)
+        elif len(head) >= 12 and struct.unpack_from("<I", head)[0] == 12:  # BITMAPCOREHEADER
+            w, h = struct.unpack_from("<HH", head, 4)
+        elif len(head) >= 12:
+            w, h = struct.unpack_from("<ii", head, 4)
+            w, h = abs(w), abs(h) // 2  # XOR image + AND mask
+        else:
+            continue  # Pillow reports the truncated frame itself
+        if w > MAX_ICON_SIDE or h > MAX_ICON_SIDE:
+            raise ImageError(f"image dimensions too large: an icon frame of {w}x{h} (icon frames are at most "
+                             f"{MAX_ICON_SIDE} px a side)")
+
+
 def _open(data: bytes, limits: ImageLimits) -> Image.Image:
+    """Identify the image and check its size without decoding pixels (only supported formats are tried)."""
     if not data:
         raise ImageError("empty upload: the image has 0 bytes")
     if len(data) > limits.max_bytes:
         raise ImageError(f"image too large: {len(data)} bytes (limit {limits.max_bytes})")
-    # Every plugin registered (once; cheap after), in a fixed order: Pillow otherwise registers plugins lazily and
-    # the format it guesses for an ambiguous file (an icon read as TGA) can depend on what was opened before.
-    Image.init()
+    _check_icon_frames(data)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data), formats=_supported_order())
     except Image.DecompressionBombError as exc:
         raise ImageError(f"image dimensions too large (decompression bomb guard): {exc}") from None
     except UnidentifiedImageError:
-        raise ImageError("not an image: the bytes are no image format we can read") from None
+        raise _unidentified(data) from None
     except (OSError, ValueError, SyntaxError, struct.error, EOFError) as exc:
         raise ImageError(f"corrupt image header: {exc}") from None
-    if img.format not in SUPPORTED_FORMATS:
-        raise ImageError(
-            f"unsupported image format {img.format!r}; supported: {', '.join(sorted(SUPPORTED_FORMATS))}"
-        )
     w, h = img.size
     if w <= 0 or h <= 0:
         raise ImageError(f"image has zero size ({w}x{h})")
@@ -66,6 +94,27 @@ def _open(data: bytes, limits: ImageLimits) -> Image.Image:
             f"{limits.max_pixels} pixels)"
         )
     return img
+
+
+def _unidentified(data: bytes) -> ImageError:
+    """No supported format reads the bytes: name the format when another Pillow plugin knows it."""
+    try:
+        other = Image.open(io.BytesIO(data)).format
+    except Exception:  # anything at all: the bytes are not an image we could name
+        other = None
+    if other and other not in SUPPORTED_FORMATS:
+        return ImageError(f"unsupported image format {other!r}; supported: {', '.join(sorted(SUPPORTED_FORMATS))}")
+    return ImageError("not an image: the bytes are no image format we can read")
+
+
+def image_size(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> tuple[int, int]:
+    """``(width, height)`` of an upload from its header alone (limits enforced, no pixel decoded): what a caller
+    needs to budget the decoding of a whole request before starting it."""
+    img = _open(data, limits)
+    try:
+        return img.size
+    finally:
+        img.close()
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -100,18 +149,20 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def decode(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> Image.Image:
-    """Decode upload bytes to an RGB image: first frame, EXIF orientation applied, limits enforced."""
+    """Decode upload bytes to an RGB image: first frame, EXIF orientation applied, limits enforced before decoding.
+
+    Pillow's warnings are not silenced here (``warnings.catch_warnings`` is process-global, not thread-safe, and
+    decoding runs in a thread pool): sizes past our limits are refused before Pillow would warn about them.
+    """
     img = _open(data, limits)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            img.seek(0)
-            img.load()
-            try:
-                img = ImageOps.exif_transpose(img)
-            except Exception:  # a broken EXIF block must not lose an otherwise good image
-                pass
-            return _to_rgb(img)
+        img.seek(0)
+        img.load()
+        try:
+            img = ImageOps.exif_transpose(img)
+        except Exception:  # a broken EXIF block must not lose an otherwise good image
+            pass
+        return _to_rgb(img)
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:

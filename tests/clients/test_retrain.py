@@ -193,3 +193,28 @@ def test_rejected_candidate_stays_unpromoted(deployment, tmp_path, fmnist_test):
     from serving.store import list_bundles
 
     assert len(list_bundles()) >= 2
+
+
+def test_kill_9_at_each_late_stage_then_the_rerun_promotes_the_same_candidate(deployment, tmp_path, fmnist_test):
+    """The process dies right after the gate report is written (exported, not registered), then — run again — right
+    after the new index is published (not promoted); the third run picks up there and promotes the version exported
+    by the first (no second export, no second index build)."""
+    from serving.contract.bundle import read_bundle
+    from tests.index.faults import KILL_RUNNER
+
+    served = json.loads(paths.release_file().read_text())["current"]
+    new = _write_pngs(tmp_path / "incoming4", fmnist_test.images[4000:4030])
+    args = ["retrain", "--new-data", str(new), "--steps", "4", "--tolerance", "1.0", *EVAL,
+            *sum((["--set", o] for o in TINY), [])]
+    version = None
+    for point, match in [("replace", r"/runs/[^/]+/bundle/gate_report\.json$"),  # gated, not registered
+                         ("rename", r"/indexes/\d{8}-\d{6}-[0-9a-f]{8}$")]:  # index published, not promoted
+        proc = subprocess.run([sys.executable, "-c", KILL_RUNNER, point, match, "1", "-m", "clients.cli", *args],
+                              cwd=REPO, env=os.environ.copy(), capture_output=True, text=True, timeout=600)
+        assert proc.returncode == -9, proc.stdout[-2000:] + proc.stderr[-3000:]
+        assert json.loads(paths.release_file().read_text())["current"] == served  # killed before the promotion
+        if version is None:
+            run = max(paths.retrain_dir().glob("runs/*/"), key=lambda d: d.stat().st_mtime)
+            version = read_bundle(run / "bundle")[1].version
+    assert byol(args) == 0
+    assert json.loads(paths.release_file().read_text())["current"] == version

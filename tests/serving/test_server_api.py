@@ -200,7 +200,7 @@ def test_added_image_is_found_first_with_score_one(api, images):
 
 def test_removed_item_is_no_longer_found(api, images):
     (new_id,) = api["http"].post("/index/add", headers=AUTH, files=[("images", ("q.png", images[6]))]).json()["ids"]
-    r = api["http"].post("/index/remove", headers=AUTH, json={"ids": [new_id]})
+    r = api["http"].post("/index/remove", headers=AUTH, json={"ids": [new_id], "version": api["version"]})
     assert r.status_code == 200 and r.json()["removed"] == 1
     hits = api["http"].post("/search", files={"image": ("q.png", images[6])}, data={"k": "5"}).json()["results"]
     assert new_id not in [h["id"] for h in hits]
@@ -209,7 +209,7 @@ def test_removed_item_is_no_longer_found(api, images):
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}])
 def test_admin_endpoints_need_the_token(api, images, headers):
     add = api["http"].post("/index/add", headers=headers, files=[("images", ("q.png", images[0]))])
-    rm = api["http"].post("/index/remove", headers=headers, json={"ids": [0]})
+    rm = api["http"].post("/index/remove", headers=headers, json={"ids": [0], "version": api["version"]})
     reload = api["http"].post("/admin/reload", headers=headers, json={})
     assert (add.status_code, rm.status_code, reload.status_code) == (401, 401, 401)
 
@@ -298,7 +298,8 @@ def test_reload_reconciles_the_new_index_with_adds_and_removes_made_meanwhile(ap
     r = api["http"].post("/index/add", headers=AUTH,
                          files=[("images", ("a.png", kept)), ("images", ("b.png", dropped))])
     assert r.status_code == 200, r.text
-    r = api["http"].post("/index/remove", headers=AUTH, json={"ids": [r.json()["ids"][1]]})
+    r = api["http"].post("/index/remove", headers=AUTH,
+                         json={"ids": [r.json()["ids"][1]], "version": r.json()["version"]})
     assert r.status_code == 200 and r.json()["removed"] == 1
     r = api["http"].post("/admin/reload", headers=AUTH, json={"version": version})
     assert r.status_code == 200, r.text

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from serving import upload_guard
+from serving.limits import Limits
 from serving.upload_guard import UploadGuard, part_problems
 
 BOUNDARY = b"XyZ"
@@ -24,7 +24,7 @@ def multipart(*parts: tuple[str, str | None, bytes]) -> bytes:
 
 
 def call(path: str, body: bytes, ctype: bytes = b"multipart/form-data; boundary=XyZ", method: str = "POST",
-         chunk: int = 1 << 20) -> tuple[int, bytes, bytes | None]:
+         chunk: int = 1 << 20, limits: Limits | None = None) -> tuple[int, bytes, bytes | None]:
     """Run one request through the guard → (status, response body, body the app received or None)."""
     received: dict = {}
 
@@ -45,7 +45,7 @@ def call(path: str, body: bytes, ctype: bytes = b"multipart/form-data; boundary=
         sent.append(message)
 
     scope = {"type": "http", "path": path, "method": method, "headers": [(b"content-type", ctype)]}
-    asyncio.run(UploadGuard(app)(scope, receive, send))
+    asyncio.run(UploadGuard(app, limits)(scope, receive, send))
     return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:]), received.get("body")
 
 
@@ -85,9 +85,9 @@ def test_json_bodies_and_other_routes_pass_through_to_the_app():
     assert call("/embed", b"", method="GET")[0] == 200
 
 
-def test_a_body_over_the_limit_is_413(monkeypatch):
-    monkeypatch.setattr(upload_guard, "MAX_BODY", 100)
-    status, body, received = call("/embed", multipart(("image", "a.png", b"x" * 200)), chunk=50)
+def test_a_body_over_the_limit_is_413():
+    status, body, received = call("/embed", multipart(("image", "a.png", b"x" * 200)), chunk=50,
+                                  limits=Limits(max_body=100))
     assert status == 413 and "100 bytes" in error(body) and received is None
 
 
