@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("clients.commands.export:main", "export f_θ to an ONNX bundle, check parity, register it in the store"),
     "serve": ("clients.commands.serve:main", "start the BentoML API (embed, search, classify)"),
     "embed": ("clients.commands.embed:main", "embed image files through a running server"),
+    "embed-folder": ("clients.commands.embed_folder:main", "embed a folder into embeddings.npy + metadata.parquet"),
     "index": ("clients.commands.index:main", "build / extend the FAISS index of a collection (index build|add)"),
     "search": ("clients.commands.search:main", "nearest neighbours of an image in the index (+ PNG grid)"),
     "probe": ("clients.commands.probe:main", "fit a linear probe and kNN classifier on labelled images (probe fit)"),

@@ -121,3 +121,54 @@ def evaluate(embedders: dict[str, Embedder], train_images: np.ndarray, train_y: 
         out["raw_pixels"] = score(pixel_features(train_images), train_y, pixel_features(test_images), test_y,
                                   k=k, probe=probe).as_dict()
     return out
+
+
+# ---------------------------------------------------------------------------------------------- without labels
+def effective_rank(x: np.ndarray) -> float:
+    """RankMe (Garrido et al. 2023): exp(entropy of the normalised singular values) of the unit vectors — ~1 for
+    a collapsed embedding (every output the same direction), up to D for one that uses every dimension. Not
+    centred: centring would blow a collapsed embedding's round-off noise up to full rank."""
+    s = np.linalg.svd(unit_rows(x), compute_uv=False)
+    p = s / max(float(s.sum()), 1e-12)
+    p = p[p > 0]
+    return float(np.exp(-(p * np.log(p)).sum())) if len(p) else 0.0
+
+
+def embedding_std(x: np.ndarray) -> float:
+    """Mean per-dimension std of the unit vectors (BYOL's collapse monitor: 0 when every output is the same)."""
+    return float(unit_rows(x).std(axis=0).mean())
+
+
+def alignment(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean squared distance between the unit vectors of two views of the same images (Wang & Isola 2020; lower is
+    better: views of one image land together)."""
+    return float(((unit_rows(a) - unit_rows(b)) ** 2).sum(axis=1).mean())
+
+
+def uniformity(x: np.ndarray, t: float = 2.0, max_pairs: int = 2000) -> float:
+    """log E exp(−t·‖u − v‖²) over pairs of unit vectors (Wang & Isola 2020; lower is better: spread over the
+    sphere; 0 when collapsed)."""
+    x = unit_rows(x)[:max_pairs]
+    sq = np.clip(2.0 - 2.0 * (x @ x.T), 0.0, None)
+    iu = np.triu_indices(len(x), k=1)
+    return float(np.log(np.mean(np.exp(-t * sq[iu])))) if len(iu[0]) else 0.0
+
+
+def neighbour_agreement(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
+    """Mean share of each item's k nearest neighbours (cosine, itself excluded) that two embeddings of the same
+    items have in common: how much a new encoder keeps the old one's notion of 'similar'."""
+    def neighbours(x: np.ndarray) -> np.ndarray:
+        x = unit_rows(x)
+        sims = x @ x.T
+        np.fill_diagonal(sims, -np.inf)
+        kk = min(k, len(x) - 1)
+        return np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+
+    na, nb = neighbours(a), neighbours(b)
+    return float(np.mean([len(set(r) & set(s)) / na.shape[1] for r, s in zip(na, nb, strict=True)]))
+
+
+def label_free(x: np.ndarray, x_view: np.ndarray) -> dict:
+    """The label-free health figures of one encoder on a fixed sample: its vectors and those of second views."""
+    return {"embedding_std": embedding_std(x), "effective_rank": effective_rank(x), "alignment": alignment(x, x_view),
+            "uniformity": uniformity(x)}

@@ -86,3 +86,11 @@ def test_library_modules_and_functions_stay_small(path):
                 and n.end_lineno - n.lineno + 1 > MAX_FUNCTION_LINES]
     assert len(source.splitlines()) <= MAX_MODULE_LINES, f"{_rel(path)}: split it (one job a module)"
     assert not too_long, f"{_rel(path)}: {too_long}"
+
+
+def test_the_training_loop_reads_on_one_screen():
+    """nanoGPT-shaped: the orchestrating function ≤ 60 lines and its loop ≤ 40; the jobs live in their modules."""
+    tree = ast.parse((REPO / "training" / "train.py").read_text())
+    fn = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "_train")
+    loop = next(n for n in ast.walk(fn) if isinstance(n, ast.While))
+    assert fn.end_lineno - fn.lineno + 1 <= 60 and loop.end_lineno - loop.lineno + 1 <= 40

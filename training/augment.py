@@ -324,7 +324,8 @@ class BYOLAugment(torch.nn.Module):
     @torch.no_grad()
     def forward(self, images: Tensor, generator: torch.Generator | None = None,
                 shard: tuple[int, int] = (0, 1)) -> tuple[Tensor, Tensor]:
-        """images: uint8 [B, H, W, 3] (NHWC, as ImageSet stores them) on any device → two float32
+        """images: uint8 [B, H, W, 3] (NHWC, as ImageSet stores them), or [B, 2, S, S, 3] views already cropped
+        from their files (``training.stream``), on any device → two float32
         [B, 3, size, size] views in [0, 1]; every random draw comes from ``generator`` (same seed → same views).
 
         ``shard=(rank, world)``: ``images`` is rank's contiguous slice of a global batch of B × world. The
@@ -335,13 +336,19 @@ class BYOLAugment(torch.nn.Module):
             raise ValueError(f"augment generator is on {generator.device} but the images are on {images.device}; "
                              "create the generator on the images' device")
         rank, world = shard
-        x = to_float_nchw(images)
-        b, _, h, w = x.shape
-        p1 = sample_view_params(self.cfg.view1, b * world, h, w, generator, x.device)
-        p2 = sample_view_params(self.cfg.view2, b * world, h, w, generator, x.device)
+        precropped = images.ndim == 5  # [B, 2, S, S, C]: the two views' crops were cut from the files already
+        x1, x2 = (to_float_nchw(images[:, 0]), to_float_nchw(images[:, 1])) if precropped else (to_float_nchw(images),
+                                                                                                   None)
+        b, _, h, w = x1.shape
+        p1 = sample_view_params(self.cfg.view1, b * world, h, w, generator, x1.device)
+        p2 = sample_view_params(self.cfg.view2, b * world, h, w, generator, x1.device)
         if world > 1:
             p1, p2 = ({k: v[rank * b:(rank + 1) * b] for k, v in p.items()} for p in (p1, p2))
-        return apply_view(x, p1, self.size), apply_view(x, p2, self.size)
+        if precropped:  # same draws (the RNG stream does not depend on the data path), the crop is the whole view
+            whole = torch.tensor([0.0, 0.0, float(w), float(h)], device=x1.device).expand(b, 4)
+            p1["crop"], p2["crop"] = whole, whole
+            return apply_view(x1, p1, self.size), apply_view(x2, p2, self.size)
+        return apply_view(x1, p1, self.size), apply_view(x1, p2, self.size)
 
     def extra_repr(self) -> str:
         return f"size={self.size}"

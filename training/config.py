@@ -56,6 +56,10 @@ class DataConfig:
     labels_from_dirs: bool = False
     download: bool = False  # cifar10 only: fetch it with torchvision into data_root (online users)
     monitor_on_test: bool = False  # data sets with a test split: train on all of train, monitor kNN on test
+    stream: bool | None = None  # folders: decode in worker processes as training goes (None: when the decoded
+    memory_budget_mb: int = 2048  # folder at the input size would exceed this)
+    workers: int = 2  # DataLoader worker processes of a streamed run
+    cache: str | None = None  # streamed runs: a directory for a memory-mapped uint8 cache built once (resumable)
 
 
 @dataclass

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from serving.contract.sources import ImageSet, SourceError
+from serving.contract.sources import ImageSet, SourceError, dataset_name, iter_image_files
 from training.augment import BYOLAugment
 from training.byol import Branch, Online, make_target
 from training.checkpoint import load_checkpoint
@@ -24,6 +24,7 @@ from training.distributed import DistInfo
 from training.errors import TrainingError
 from training.optim import build_lars
 from training.schedules import scaled_lr
+from training.stream import FileSet, StreamBatcher, build_cache
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class TrainState:
     batcher: Batcher
     peak_lr: float
     total_steps: int
-    warmup_steps: int = 0
+    warmup_steps: int | None = 0  # None until the time budget has fixed K (see warmup_steps())
     step: int = 0
     calibrated: bool = False
     elapsed_before: float = 0.0
@@ -75,19 +76,49 @@ def starting_point(cfg: TrainConfig, ckpt_path: Path, resume: bool,
 
 
 def training_data(cfg: TrainConfig, data: ImageSet | None,
-                  holdout: ImageSet | None) -> tuple[ImageSet, ImageSet | None]:
-    """The caller's images if given (retrain passes old + new), else ``cfg.data``'s; checked against the encoder
-    here so that a wrong size fails with its cause instead of deep inside a convolution."""
+                  holdout: ImageSet | None) -> tuple[ImageSet | FileSet, ImageSet | None]:
+    """The caller's images if given (retrain passes old + new), else ``cfg.data``'s — a :class:`FileSet` when a
+    folder is streamed (:func:`streams`); checked against the encoder here so that a wrong size fails with its
+    cause instead of deep inside a convolution."""
+    if data is None and streams(cfg):
+        files = FileSet.scan(cfg.data.source)
+        log.info("streaming %d files from %s (decoded in %d worker processes)", len(files), files.root,
+                 cfg.data.workers)
+        return files, None
     if data is None:
         d = cfg.data
         data, holdout = load_training_data(d.source, cfg.encoder.input_size, d.data_root, d.holdout_fraction,
                                            d.seed, d.max_images, d.labels_from_dirs, d.download, d.monitor_on_test)
     if len(data) == 0:
         raise SourceError("no training images")
+    if isinstance(data, FileSet):
+        return data, holdout
     if data.images.shape[1:] != (cfg.encoder.input_size, cfg.encoder.input_size, 3):
         raise SourceError(f"training images are {list(data.images.shape[1:])}, the encoder expects "
                           f"{cfg.encoder.input_size}×{cfg.encoder.input_size}×3")
     return data, holdout
+
+
+def streams(cfg: TrainConfig) -> bool:
+    """Whether the run reads its folder as it trains: ``data.stream``, or (None) when decoding the whole folder at
+    the input size would take more than ``data.memory_budget_mb``. Data sets (IDX, CIFAR) always load in memory."""
+    d = cfg.data
+    if dataset_name(d.source) or d.stream is False:
+        return False
+    if d.stream:
+        return True
+    n = sum(1 for _ in iter_image_files(d.source))
+    return n * cfg.encoder.input_size ** 2 * 3 > d.memory_budget_mb * 2**20
+
+
+def make_batcher(cfg: TrainConfig, data: ImageSet | FileSet, device: torch.device, dist_info: DistInfo):
+    """The in-memory :class:`Batcher`, or a :class:`StreamBatcher` (same interface) over a folder's files."""
+    t = cfg.train
+    if isinstance(data, ImageSet):
+        return Batcher(data.images, t.batch_size, t.seed, device, dist_info.rank, dist_info.world_size)
+    cache = build_cache(data, cfg.encoder.input_size, cfg.data.cache) if cfg.data.cache else None
+    return StreamBatcher(data, cfg.encoder.input_size, (cfg.augment.view1, cfg.augment.view2), t.batch_size, t.seed,
+                         device, dist_info.rank, dist_info.world_size, cfg.data.workers, cache)
 
 
 def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
@@ -98,7 +129,7 @@ def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
     return int(t.steps) if t.steps is not None else int(t.epochs) * steps_per_epoch
 
 
-def build_state(cfg: TrainConfig, data: ImageSet, device: torch.device, dist_info: DistInfo) -> TrainState:
+def build_state(cfg: TrainConfig, data: ImageSet | FileSet, device: torch.device, dist_info: DistInfo) -> TrainState:
     """A fresh run at step 0. The build order is part of reproducibility: the global seed is set right before the
     online network draws its weights, so every rank (and every resume) starts from the same ones."""
     t, o = cfg.train, cfg.optim
@@ -110,7 +141,7 @@ def build_state(cfg: TrainConfig, data: ImageSet, device: torch.device, dist_inf
     if dist_info.enabled and is_cuda:
         online = nn.SyncBatchNorm.convert_sync_batchnorm(online)
     target = make_target(online)
-    batcher = Batcher(data.images, t.batch_size, t.seed, device, dist_info.rank, dist_info.world_size)
+    batcher = make_batcher(cfg, data, device, dist_info)
     peak_lr = scaled_lr(o.lr_base, t.batch_size)  # t.batch_size is the GLOBAL batch
     optimizer = build_lars(online, peak_lr, o.momentum, o.weight_decay, o.trust, o.clip_lr)
     augment = BYOLAugment(cfg.augment, cfg.encoder.input_size).to(device)
@@ -118,14 +149,18 @@ def build_state(cfg: TrainConfig, data: ImageSet, device: torch.device, dist_inf
     generator = torch.Generator(device=device).manual_seed(t.seed * 7919)
     total = total_steps(cfg, batcher.steps_per_epoch)
     return TrainState(cfg, online, target, optimizer, augment, generator, batcher, peak_lr, total,
-                      warmup_steps(cfg, total), calibrated=t.max_minutes is None)
+                      warmup_steps(cfg, total, calibrated=t.max_minutes is None), calibrated=t.max_minutes is None)
 
 
-def warmup_steps(cfg: TrainConfig, total: int) -> int:
-    """Warmup length, fixed once at the start of a run (a time budget lowering K later must not make the lr jump
-    mid-warmup): ``optim.warmup_steps`` if set, else ``optim.warmup_fraction`` × the initial K."""
+def warmup_steps(cfg: TrainConfig, total: int, calibrated: bool = True) -> int | None:
+    """Warmup length in steps, fixed once and never recomputed (a warmup that followed K made the lr jump ~3× mid-
+    warmup when the time budget lowered K): ``optim.warmup_steps`` if set; else ``optim.warmup_fraction`` × K —
+    of the final K, so under a time budget it is decided at calibration (``None`` until then, and the lr is 0 for
+    those few timed steps: the warmup then starts from 0 with the slope of the real run)."""
     o = cfg.optim
-    return int(o.warmup_steps) if o.warmup_steps is not None else int(round(o.warmup_fraction * total))
+    if o.warmup_steps is not None:
+        return int(o.warmup_steps)
+    return int(round(o.warmup_fraction * total)) if calibrated else None
 
 
 def ddp_model(online: Online, dist_info: DistInfo, device: torch.device) -> nn.Module:
@@ -150,7 +185,7 @@ def restore(state: TrainState, ckpt: dict) -> None:
     load_weights(state, ckpt)
     state.step, state.total_steps = int(ckpt["step"]), int(ckpt["total_steps"])
     state.calibrated, state.elapsed_before = bool(ckpt["calibrated"]), float(ckpt["elapsed_s"])
-    state.warmup_steps = int(ckpt.get("warmup_steps", state.warmup_steps))
+    state.warmup_steps = ckpt.get("warmup_steps", state.warmup_steps)
     state.batcher.load_state_dict(ckpt["data"])
     set_rng_state(ckpt["rng"], state.generator)
     state.history = ckpt.get("history", {})

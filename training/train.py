@@ -36,6 +36,7 @@ from training.state import (
     restore,
     starting_point,
     training_data,
+    warmup_steps,
 )
 from training.steplog import StepLogger, open_writer, progress_bar
 from training.summary import run_metrics, write_artifacts
@@ -103,7 +104,8 @@ def _train(cfg: TrainConfig, out_dir: Path, dist_info: DistInfo, device: torch.d
         if stop_after is not None and state.step >= stop_after:
             stopped = "stop_after"
             break
-        lr = lr_at(state.step, state.total_steps, state.peak_lr, state.warmup_steps)
+        lr = 0.0 if state.warmup_steps is None else lr_at(state.step, state.total_steps, state.peak_lr,
+                                                          state.warmup_steps)
         tau = tau_at(state.step, state.total_steps, cfg.ema.tau_base)
         loss, y1 = train_step(model, target, state.optimizer, state.augment, state.batcher.next(),
                               state.generator, lr, tau, amp=amp, channels_last=channels_last,
@@ -112,6 +114,7 @@ def _train(cfg: TrainConfig, out_dir: Path, dist_info: DistInfo, device: torch.d
         logger.log(state.step, state.total_steps, loss, y1, lr, tau)
         if not state.calibrated:
             state.total_steps, state.calibrated = budget.calibrate(state.step, state.total_steps)
+            state.warmup_steps = warmup_steps(cfg, state.total_steps, state.calibrated)
             logger.set_total(state.total_steps)
         if main:
             monitor.at_step(state.step, state.online.branch.encoder, state.history, logger.last_loss)

@@ -1,4 +1,8 @@
-"""``byol train``: BYOL pretraining of an encoder (``training.train.train``)."""
+"""``byol train``: BYOL pretraining of an encoder (``training.train.train``).
+
+Which preset: ``--preset`` when given; else ``fmnist-demo`` for Fashion-MNIST, ``cifar10`` for CIFAR-10, and for a
+folder of images a folder preset chosen from the images (``training.folder``: 64, 128 or 224 px; it prints why).
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,16 @@ from pathlib import Path
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="byol train", description="Pretrain an image encoder with BYOL.")
-    p.add_argument("--preset", default="fmnist-demo", help="fmnist-demo | cifar10 | imagenet")
+    from training.config import PRESETS
+
+    p = argparse.ArgumentParser(prog="byol train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default=None, help=f"{' | '.join(PRESETS)} (default: from --data)")
     p.add_argument("--out", required=True, help="run directory (checkpoint.pt, encoder.pt, tb/, summary.json)")
-    p.add_argument("--data", default=None, help="fashion-mnist | cifar10 | DIR of images (overrides the preset)")
+    p.add_argument("--data", default=None, help="fashion-mnist | cifar10 | DIR of images (default: fashion-mnist)")
     p.add_argument("--data-root", default=None, help="where the dataset files live")
+    p.add_argument("--size", type=int, default=None, help="input size in px for a folder (default: from the images)")
+    p.add_argument("--minutes", type=float, default=None, help="time budget: the schedules fit this many minutes")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. optim.lr_base=0.3 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue <out>/checkpoint.pt")
@@ -20,20 +29,39 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str]) -> int:
-    args = parser().parse_args(argv)
+def choose_config(args: argparse.Namespace):
+    """``(config, why)``: the named preset, the data set's, or a folder preset; then the command's overrides."""
+    from serving.contract.sources import dataset_name
     from training.config import apply_overrides, preset
-    from training.train import train
+    from training.folder import folder_preset
 
+    why = None
+    if args.size is not None and (args.preset or args.data is None or dataset_name(args.data)):
+        raise ValueError("--size applies to a folder of images without --preset")
+    if args.preset:
+        cfg = preset(args.preset)
+    elif args.data and not dataset_name(args.data):
+        cfg, why = folder_preset(args.data, args.size)
+    else:
+        cfg = preset("cifar10" if args.data and dataset_name(args.data) == "cifar10" else "fmnist-demo")
     overrides = list(args.overrides)
-    for key, value in (("data.source", args.data), ("data.data_root", args.data_root),
-                       ("train.device", args.device)):
+    if args.minutes is not None:
+        if args.minutes <= 0:
+            raise ValueError(f"--minutes must be positive, got {args.minutes}")
+        overrides.append(f"train.max_minutes={args.minutes}")
+    for key, value in (("data.source", args.data), ("data.data_root", args.data_root), ("train.device", args.device)):
         if value:
             overrides.append(f"{key}={json.dumps(value)}")
-    res = train(apply_overrides(preset(args.preset), overrides), Path(args.out), resume=args.resume)
-    m = res.metrics
-    knn = f", holdout kNN {m['holdout_knn']:.4f}" if "holdout_knn" in m else ""
-    print(f"trained {res.steps} steps in {m['train_minutes']} min ({m['images_per_s']} img/s), "
-          f"final loss {m['final_loss']:.4f}{knn}")
-    print(f"encoder: {res.encoder_path}\ncheckpoint: {res.checkpoint_path}")
+    return apply_overrides(cfg, overrides), why
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    from clients import tables
+    from training.train import train
+
+    cfg, why = choose_config(args)
+    if why:
+        print(why, flush=True)
+    print(tables.training(train(cfg, Path(args.out), resume=args.resume)))
     return 0

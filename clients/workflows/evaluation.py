@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from index import metrics
 from serving import paths
 from serving.contract.atomic import atomic_write_json
@@ -166,4 +168,77 @@ def gate(candidate_dir: Path, current_dir: Path, cfg: GateConfig) -> dict:
     reasons = [f"{m} {cand[m]:.4f} < {cur[m]:.4f} - {cfg.tolerance}" for m in ("knn", "probe")
                if cand[m] < cur[m] - cfg.tolerance]
     report["accepted"], report["reasons"] = not reasons, reasons
+    return report
+
+
+# ---------------------------------------------------------------------------------------------- label-free gate
+@dataclass
+class LabelFreeGateConfig:
+    """The gate for a user's data without labels: a fixed sample of their images, health figures of both encoders
+    (``index.metrics.label_free`` + neighbour agreement), and thresholds relative to the current encoder.
+
+    A candidate is rejected when it is collapsing (embedding std or effective rank below ``min_ratio`` × the
+    current's), when its vectors crowd together (uniformity above ``max_uniformity_ratio`` × the current's — both
+    are negative, 0 means collapsed), when views of one image drift apart (alignment above ``max_alignment_ratio``
+    × the current's + 0.05), or when it keeps almost none of the current encoder's neighbourhoods (agreement of the
+    10 nearest neighbours below ``min_agreement``; two unrelated embeddings share ~10/N of them).
+    """
+
+    sample: int = 1000
+    seed: int = 0
+    min_ratio: float = 0.5
+    max_uniformity_ratio: float = 0.5
+    max_alignment_ratio: float = 2.0
+    min_agreement: float = 0.1
+
+
+def second_views(images: list, size: int, seed: int = 0) -> np.ndarray:
+    """A second view of each decoded image (PIL): a seeded random-resized crop (30–100 % of the area) and a coin-flip
+    mirror, at ``size`` — enough to see whether an encoder keeps views of one image together, torch-free."""
+    from PIL import Image, ImageOps
+
+    rng = np.random.default_rng(seed)
+    out = np.empty((len(images), size, size, 3), np.uint8)
+    for i, img in enumerate(images):
+        w, h = img.size
+        scale, ratio = rng.uniform(0.3, 1.0), np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+        cw, ch = min(w, np.sqrt(scale * w * h * ratio)), min(h, np.sqrt(scale * w * h / ratio))
+        x0, y0 = rng.uniform(0, w - cw), rng.uniform(0, h - ch)
+        view = img.resize((size, size), Image.Resampling.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch))
+        out[i] = np.asarray(ImageOps.mirror(view) if rng.random() < 0.5 else view)
+    return out
+
+
+def label_free_gate(candidate_dir: Path, current_dir: Path, files: list[Path], cfg: LabelFreeGateConfig) -> dict:
+    """Health of both bundles on the same sample of the user's images, and the verdict (see the config)."""
+    from serving.contract.image import ImageError, decode, fit
+
+    decoded = []
+    for f in files[: cfg.sample]:
+        try:
+            decoded.append(decode(f.read_bytes()))
+        except (ImageError, OSError):
+            continue
+    if len(decoded) < 20:
+        raise ValueError(f"the label-free gate needs at least 20 readable images, found {len(decoded)}")
+    report: dict = {"gate": "label-free", "n_images": len(decoded), "thresholds": vars(cfg)}
+    vectors = {}
+    for name, bundle in (("current", current_dir), ("candidate", candidate_dir)):
+        enc = OnnxEncoder(bundle)
+        x = enc.embed_many(np.stack([fit(img, enc.input_size) for img in decoded]))
+        vectors[name] = x
+        report[name] = {"version": enc.version,
+                        **metrics.label_free(x, enc.embed_many(second_views(decoded, enc.input_size, cfg.seed)))}
+    cur, cand = report["current"], report["candidate"]
+    report["candidate"]["neighbour_agreement"] = metrics.neighbour_agreement(vectors["current"], vectors["candidate"])
+    checks = [
+        ("embedding_std", cand["embedding_std"] >= cfg.min_ratio * cur["embedding_std"]),
+        ("effective_rank", cand["effective_rank"] >= cfg.min_ratio * cur["effective_rank"]),
+        ("uniformity", cand["uniformity"] <= cfg.max_uniformity_ratio * cur["uniformity"]),
+        ("alignment", cand["alignment"] <= cfg.max_alignment_ratio * cur["alignment"] + 0.05),
+        ("neighbour_agreement", cand["neighbour_agreement"] >= cfg.min_agreement),
+    ]
+    report["reasons"] = [f"{name}: candidate {cand[name]:.4g} vs current {cur.get(name, float('nan')):.4g}"
+                         for name, ok in checks if not ok]
+    report["accepted"] = not report["reasons"]
     return report

@@ -52,6 +52,9 @@ def read_labels_csv(path: str | Path, size: int) -> ImageSet:
         if len(row) < 2:
             raise SourceError(f"{path}:{n}: expected 'path,label', got {row!r}")
     entries = [(Path(r[0]) if Path(r[0]).is_absolute() else path.parent / r[0], r[1].strip()) for r in rows]
+    missing = [str(f) for f, _ in entries if not f.is_file()]
+    if missing:  # a typo in a labels file is an error, not a silently smaller evaluation
+        raise SourceError(f"{path}: {len(missing)} listed file(s) do not exist, e.g. {missing[0]}")
     pixels, kept, skipped = decode_each(entries, lambda e: load(e[0].read_bytes(), size))
     if not pixels:
         raise SourceError(f"{path}: no readable labelled images")

@@ -90,3 +90,16 @@ def test_scores_carry_standard_errors_and_probe_iterations():
     p, n = d["knn"], d["n_test"]
     assert d["se"]["knn"] == pytest.approx((p * (1 - p) / n) ** 0.5) and n == 80
     assert d["probe_iterations"] > 0 and d["probe_converged"] and {"knn_200", "dim"} <= set(d)
+
+
+def test_label_free_figures_tell_a_collapsed_embedding_from_a_healthy_one():
+    from index.metrics import label_free, neighbour_agreement
+
+    rng = np.random.default_rng(0)
+    healthy = rng.normal(size=(300, 32))
+    views = healthy + rng.normal(scale=0.1, size=healthy.shape)
+    collapsed = np.ones((300, 32)) + rng.normal(scale=1e-6, size=(300, 32))
+    h, c = label_free(healthy, views), label_free(collapsed, collapsed)
+    assert h["effective_rank"] > 20 > 2 > c["effective_rank"] and c["embedding_std"] < 1e-5 < h["embedding_std"]
+    assert c["uniformity"] > -0.01 > h["uniformity"] and h["alignment"] < 0.1
+    assert neighbour_agreement(healthy, views) > 0.5 > neighbour_agreement(healthy, rng.normal(size=(300, 32)))

@@ -58,3 +58,13 @@ def test_an_unlabelled_folder_is_refused(tmp_path):
 def test_the_standard_protocol_uses_the_whole_train_split_as_the_bank(fmnist_root):
     train, test = labelled_splits("fashion-mnist", 28, str(fmnist_root))
     assert (len(train), len(test)) == (60000, 10000) and train.uris[0] == "fashion-mnist:train/0"
+
+
+def test_a_labels_csv_naming_missing_files_is_refused(tmp_path):
+    from serving.contract.image import encode_png
+    from serving.contract.splits import read_labels_csv
+
+    (tmp_path / "a.png").write_bytes(encode_png(np.zeros((8, 8, 3), np.uint8)))
+    (tmp_path / "labels.csv").write_text("path,label\na.png,x\nnope.png,y\n")
+    with pytest.raises(SourceError, match="1 listed file.*nope.png"):
+        read_labels_csv(tmp_path / "labels.csv", 8)
