@@ -6,8 +6,10 @@ this pure means the policy is tested over a grid in milliseconds and can be over
 Policy (cosine on unit vectors, inner product):
   * small collections (one exact query within the latency budget: n·d <= ``flat_max_cost``) → ``Flat``:
     exact, no training, supports remove;
-  * larger → ``IVF{nlist},Flat`` (fast build, remove supported, recall tuned by nprobe), then ``HNSW32``
-    (best recall/latency trade-off but slow build and no remove: tombstones);
+  * larger → ``IVF{nlist},Flat`` with nlist ≈ 4·sqrt(n) (fast build, remove supported; nprobe is tuned to a
+    recall target when it is built, ``index.tuning``), then ``HNSW32`` (slow build, no remove: tombstones; on the
+    hard mixture of bench/index_search.py it needed efSearch 256 for recall@10 0.95 at 200k and ran 1.7x exact
+    batched, where IVF1024,Flat ran 8x);
   * when raw float32 vectors do not fit the memory budget → ``IVF{nlist},PQ{m}`` (compressed codes).
 Only candidates whose estimated memory fits the budget are returned; none fitting raises.
 """
@@ -23,6 +25,7 @@ DEFAULT_MEMORY_BUDGET = 4 * 1024**3  # bytes
 # (bench/index_search.py: ~940 single-query QPS for Flat 10k×256, ~94 for 100k×256 on a shared 2-core box).
 FLAT_MAX_COST = 50_000 * 256
 MIN_POINTS_PER_CENTROID = 39  # below this FAISS k-means warns and centroids are poor
+LISTS_PER_SQRT_N = 4  # nlist ≈ 4·sqrt(n): the low end of FAISS's 4-16·sqrt(n), k-means affordable on a few cores
 HNSW_M = 32
 
 
@@ -90,12 +93,16 @@ def estimate_memory(factory: str, n: int, d: int) -> int:
 
 
 def default_nlist(n: int) -> int:
-    """~sqrt(n) lists as a power of two, with enough training points per centroid.
+    """~4·sqrt(n) lists as a power of two (1M vectors → 4096), with enough training points per centroid.
 
-    FAISS suggests 4-16·sqrt(n) for search speed; sqrt(n) keeps k-means training and assignment affordable on
-    a few CPU cores (1M vectors → 1024 lists) while nprobe recovers recall (bench/index_search.py).
+    Why not sqrt(n) (the earlier rule): on clustered data with about as many clusters as lists, k-means leaves
+    clusters without a centroid of their own and their points scatter over other lists; at 1M vectors of the hard
+    mixture (1,000 clusters) IVF1024 needed nprobe 128 for recall@10 0.95, slower than exact search batched. With
+    ~4 lists per cluster (200k, 200 clusters, IVF1024) nprobe 6 reached 0.96 at 8x exact batched, 90x single; at
+    1M, IVF4096 tuned to nprobe 12 reached 0.954 at 10.8x batched, 117x single (bench/results/index_search.json).
+    FAISS suggests 4-16·sqrt(n); the low end keeps k-means (64 points per list) affordable on a few CPU cores.
     """
-    target = math.sqrt(max(n, 1))
+    target = LISTS_PER_SQRT_N * math.sqrt(max(n, 1))
     nlist = 1 << max(0, round(math.log2(target)))
     while nlist > 1 and n // nlist < MIN_POINTS_PER_CENTROID:
         nlist //= 2
@@ -103,8 +110,8 @@ def default_nlist(n: int) -> int:
 
 
 def default_nprobe(nlist: int) -> int:
-    """Probe ~1/64 of the lists, at least 16: 8 gave recall@10 0.90 on real Fashion-MNIST embeddings (60k,
-    IVF256), 16 gave 0.97 (bench/results/index_search.json)."""
+    """The starting nprobe of an index created empty (a build replaces it with a tuned one, ``index.tuning``):
+    ~1/64 of the lists, at least 16 (16 gave recall@10 0.97 on real Fashion-MNIST embeddings, 60k, IVF256)."""
     return int(min(nlist, max(16, nlist // 64)))
 
 

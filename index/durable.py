@@ -191,6 +191,11 @@ class DurableIndex:
         with self._rw.read():
             return [(int(i), dict(m)) for i, m in self._index.metadata.items()]
 
+    def vectors(self, ids) -> np.ndarray:
+        """Stored vectors of ``ids`` (exact for Flat / IVF-Flat / HNSW, approximations for PQ indexes)."""
+        with self._rw.read():
+            return self._index.vectors(ids)
+
     def ids_of(self, uris) -> list[int]:
         """The live ids holding any of ``uris`` (the stable key of an item across versions is its URI)."""
         with self._rw.read():

@@ -9,8 +9,10 @@ Why the pieces are as they are:
   * an index belongs to exactly one encoder version: vectors or queries tagged with another are refused;
   * ``save`` writes a new snapshot directory and then atomically switches a ``CURRENT`` pointer, so a crash
     leaves the previous index readable; nprobe / efSearch are stored and set again after ``read_index``;
-  * FAISS GPU is used for searching when ``faiss.get_num_gpus() > 0`` (Flat / IVF), the CPU index stays the
-    source of truth.
+  * ``build`` tunes nprobe / efSearch to a recall target on held-out queries (``index.tuning``, kept in meta.json);
+  * a large snapshot is memory-mapped on load (``index.snapshot.read_index``); FAISS aborts on a write to a mapped
+    index, so the first write reads it into memory (``_writable``);
+  * FAISS GPU searches when ``faiss.get_num_gpus() > 0`` (Flat / IVF); the CPU index stays the source of truth.
 """
 
 from __future__ import annotations
@@ -21,19 +23,26 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
+from itertools import islice
 
 import numpy as np
 
-from index.chooser import choose_index, default_nprobe, parse_factory
+from index import tuning
+from index.chooser import DEFAULT_MEMORY_BUDGET, choose_index, default_nprobe, parse_factory
 from index.errors import IndexStoreError, VersionMismatchError
 from index.fsio import now_iso
-from index.snapshot import load_snapshot, save_snapshot
+from index.snapshot import load_snapshot, read_index, save_snapshot
 
 log = logging.getLogger(__name__)
 __all__ = ["Hit", "IndexStoreError", "VectorIndex", "VersionMismatchError", "normalize", "set_omp_threads"]
 
 FORMAT_VERSION = 1
 DEFAULT_EF_SEARCH = 128
+EF_SEARCH_RANGE = (16, 4096)  # efSearch values tuning may choose from (HNSW32 needed 2048 on the hard 1M mixture)
+ADD_CHUNK = 100_000
+# FAISS 1.15 scans a batch query by query (each one streaming every vector) unless queries × dim >= 128,000; from 4
+# queries on, one BLAS pass is faster (120k×128, 1 thread: 64 queries 2,740 QPS vs 376): exact and IVF's coarse step
+BLAS_MIN_QUERIES = 4
 TRAIN_POINTS_PER_LIST = 64  # k-means sample per IVF list: FAISS wants >= 39, more mostly costs time
 
 
@@ -51,17 +60,14 @@ def _faiss():
 
 
 def set_omp_threads(n: int) -> None:
-    """FAISS's OpenMP threads for this process (global). Why: one query at a time on a busy CPU box runs up to
-    ~30x slower with several OpenMP threads (measured here: 1,205 vs 43 single-query QPS, Flat 10k×256, on 2
-    loaded cores); a service that searches from several request threads wants 1 (it calls this at start-up)."""
+    """FAISS's OpenMP threads for this process (global). Why: on a busy CPU box, threads spinning for a core another
+    process holds make searches up to ~30x slower (single queries, Flat 10k×256: 1,205 QPS with 1 thread vs 43; batched
+    100k×256: 2,600 vs 630); a service searching from several request threads wants 1 (it calls this at start-up)."""
     _faiss().omp_set_num_threads(max(1, int(n)))
 
 
 def gpu_count() -> int:
-    try:
-        return int(_faiss().get_num_gpus())
-    except Exception:  # CPU-only builds may lack the symbol
-        return 0
+    return int(getattr(_faiss(), "get_num_gpus", lambda: 0)())  # CPU-only builds may lack the symbol
 
 
 def normalize(vectors: np.ndarray, dim: int, what: str = "vectors") -> np.ndarray:
@@ -108,17 +114,21 @@ class VectorIndex:
         self.metadata: dict[int, dict] = {}
         self.tombstones: set[int] = set()
         self.next_id = 0
+        self.tuning: dict | None = None  # how nprobe / efSearch were chosen (index.tuning.TuningResult)
+        self._runtime(None)
+
+    def _runtime(self, mapped_from: str | None) -> None:
+        self._mapped_from = mapped_from  # the file a memory-mapped index reads, None when in memory
         self._gpu = None  # (resources, gpu index) cache, dropped on every change
         self._gpu_lock = threading.Lock()  # concurrent searches (DurableIndex readers) build it once
-        self._apply_search_params()
+        self._apply_search_params()  # read_index forgets nprobe / efSearch
 
     # ------------------------------------------------------------------------------------------ basics
     def __len__(self) -> int:
         return len(self.metadata)
 
     @property
-    def ntotal(self) -> int:
-        """Vectors held by FAISS (tombstoned HNSW entries included)."""
+    def ntotal(self) -> int:  # vectors held by FAISS (tombstoned HNSW entries included)
         return int(self._index.ntotal)
 
     def _check_version(self, encoder_version: str, what: str) -> None:
@@ -129,12 +139,24 @@ class VectorIndex:
             )
 
     @property
-    def _id_mapped(self) -> bool:
-        """Flat/HNSW sit in an IDMap2 (their own ids are positions); IVF stores our ids natively.
+    def mmapped(self) -> bool:  # FAISS data read from a memory-mapped snapshot file (until the first write)
+        return self._mapped_from is not None
 
-        Why not IDMap2 around IVF too: IDMap2.remove_ids compacts its id table while IVF keeps the old
-        positions in its lists, so after a remove ids point at the wrong vectors.
-        """
+    def _writable(self) -> None:
+        """Read a memory-mapped index into memory before changing it: FAISS aborts on writes to a mapping."""
+        if self._mapped_from is None:
+            return
+        faiss, path = _faiss(), self._mapped_from
+        t0 = time.perf_counter()
+        self._index = read_index(path, mmap=False)[0] if os.path.exists(path) else faiss.deserialize_index(
+            faiss.serialize_index(self._index))  # the snapshot was replaced since: copy what is mapped
+        self._runtime(None)
+        log.info("read memory-mapped %s into memory for a write in %.1f s", path, time.perf_counter() - t0)
+
+    @property
+    def _id_mapped(self) -> bool:
+        """Flat/HNSW sit in an IDMap2 (their own ids are positions); IVF stores our ids natively. Why not IDMap2
+        around IVF too: its remove_ids compacts the id table while IVF keeps old positions (ids then mis-map)."""
         return self.spec.kind != "IVF"
 
     def _inner(self):
@@ -159,10 +181,8 @@ class VectorIndex:
     # ------------------------------------------------------------------------------------------ writes
     def prepare_add(self, vectors: np.ndarray, metadata: list[dict], encoder_version: str
                     ) -> tuple[np.ndarray, list[dict]]:
-        """Validate an add without changing anything: normalised vectors and completed metadata.
-
-        Split from :meth:`add` so the durable index can log exactly what it will apply.
-        """
+        """Validate an add without changing anything: normalised vectors and completed metadata (split from
+        :meth:`add` so the durable index can log exactly what it will apply)."""
         self._check_version(encoder_version, "vectors")
         x = normalize(vectors, self.dim)
         if len(metadata) != len(x):
@@ -188,6 +208,7 @@ class VectorIndex:
         """Apply a validated add with given ids (also used to replay the write-ahead log)."""
         if len(x) == 0:
             return
+        self._writable()
         if not self._index.is_trained:
             self._train(x)
         self._index.add_with_ids(x, np.ascontiguousarray(ids, dtype=np.int64))
@@ -196,9 +217,11 @@ class VectorIndex:
         self.next_id = max(self.next_id, int(ids.max()) + 1)
         self._gpu = None
 
-    def _train(self, x: np.ndarray) -> None:
+    def _train(self, x: np.ndarray, rows: np.ndarray | None = None) -> None:
+        """Train (IVF k-means) on a seeded sample of ``x`` (of its ``rows`` when given)."""
+        rows = np.arange(len(x)) if rows is None else rows
         cap = TRAIN_POINTS_PER_LIST * max(self.spec.nlist, 1)
-        sample = x if len(x) <= cap else x[np.random.default_rng(0).choice(len(x), cap, replace=False)]
+        sample = x[rows if len(rows) <= cap else np.sort(np.random.default_rng(0).choice(rows, cap, replace=False))]
         t0 = time.perf_counter()
         self._index.train(sample)
         log.info("trained %s on %d vectors in %.1f s", self.factory, len(sample), time.perf_counter() - t0)
@@ -215,6 +238,7 @@ class VectorIndex:
         wanted = [int(i) for i in np.atleast_1d(np.asarray(ids, dtype=np.int64)) if int(i) in self.metadata]
         if not wanted:
             return 0
+        self._writable()
         if self.spec.kind == "HNSW":
             self.tombstones.update(wanted)
         else:
@@ -229,32 +253,29 @@ class VectorIndex:
 
     # ------------------------------------------------------------------------------------------ search
     def _searcher(self):
-        """The GPU copy of the inner index when a GPU is present (Flat/IVF), else None."""
+        """The GPU copy of the inner index when a GPU is present (Flat/IVF), else None (built once, kept)."""
         with self._gpu_lock:
             if self._gpu is None:
-                self._gpu = self._to_gpu()
+                self._gpu = False
+                if gpu_count() > 0 and self.spec.kind != "HNSW" and self._index.ntotal:
+                    faiss = _faiss()
+                    try:
+                        res = faiss.StandardGpuResources()
+                        self._gpu = res, faiss.index_cpu_to_gpu(res, 0, self._inner())
+                    except Exception as exc:  # unsupported type or out of GPU memory: CPU still answers
+                        log.warning("FAISS GPU unavailable for %s, searching on CPU: %s", self.factory, exc)
         return self._gpu or None
 
-    def _to_gpu(self):
-        if gpu_count() > 0 and self.spec.kind != "HNSW" and self._index.ntotal:
-            faiss = _faiss()
-            try:
-                res = faiss.StandardGpuResources()
-                return res, faiss.index_cpu_to_gpu(res, 0, self._inner())
-            except Exception as exc:  # unsupported type or out of GPU memory: CPU still answers
-                log.warning("FAISS GPU unavailable for %s, searching on CPU: %s", self.factory, exc)
-        return False
-
     def _raw_search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        _faiss().cvar.distance_compute_blas_threshold = BLAS_MIN_QUERIES * self.dim  # global: cheap, idempotent
         gpu = self._searcher()
-        if gpu is not None:
-            scores, pos = gpu[1].search(q, k)
-            if not self._id_mapped:
-                return scores, pos
+        if gpu is None:
+            return self._index.search(q, k)
+        scores, pos = gpu[1].search(q, k)
+        if self._id_mapped:
             id_map = _faiss().vector_to_array(self._index.id_map)
-            ids = np.where(pos >= 0, id_map[np.clip(pos, 0, None)], -1)
-            return scores, ids
-        return self._index.search(q, k)
+            pos = np.where(pos >= 0, id_map[np.clip(pos, 0, None)], -1)
+        return scores, pos
 
     def search(self, queries: np.ndarray, k: int, encoder_version: str) -> list[list[Hit]]:
         """The ``k`` most cosine-similar items per query, best first (fewer when the index is smaller)."""
@@ -268,15 +289,11 @@ class VectorIndex:
         fetch = min(k + len(self.tombstones), self.ntotal)
         scores, ids = self._raw_search(q, fetch)
         out: list[list[Hit]] = []
-        for srow, irow in zip(scores, ids, strict=True):
-            hits = []
-            for s, i in zip(srow.tolist(), irow.tolist(), strict=True):
-                if i < 0 or i in self.tombstones or i not in self.metadata:
-                    continue
-                hits.append(Hit(int(i), float(s), dict(self.metadata[i])))
-                if len(hits) == k:
-                    break
-            out.append(hits)
+        meta, dead = self.metadata, self.tombstones
+        for srow, irow in zip(scores.tolist(), ids.tolist(), strict=True):
+            live = (Hit(i, s, dict(meta[i])) for s, i in zip(srow, irow, strict=True)
+                    if i >= 0 and i not in dead and i in meta)
+            out.append(list(islice(live, k)))  # stop at k: the over-fetch for tombstones is not built
         return out
 
     def vectors(self, ids) -> np.ndarray:
@@ -290,7 +307,7 @@ class VectorIndex:
         """A copy holding only live items (same ids, metadata, parameters): HNSW's way to really remove."""
         ids = np.array(sorted(self.metadata), dtype=np.int64)
         fresh = VectorIndex(self.dim, self.encoder_version, self.factory)
-        fresh.nprobe, fresh.ef_search = self.nprobe, self.ef_search
+        fresh.nprobe, fresh.ef_search, fresh.tuning = self.nprobe, self.ef_search, self.tuning
         fresh._apply_search_params()
         if len(ids):
             fresh.add_prepared(self.vectors(ids), [self.metadata[int(i)] for i in ids], ids)
@@ -302,8 +319,8 @@ class VectorIndex:
         return {
             "format_version": FORMAT_VERSION, "dim": self.dim, "encoder_version": self.encoder_version,
             "factory": self.factory, "next_id": self.next_id, "count": len(self), "nprobe": self.nprobe,
-            "ef_search": self.ef_search, "tombstones": sorted(self.tombstones), "metric": "inner_product",
-            "saved_at": now_iso(), **(extra or {}),
+            "ef_search": self.ef_search, "tuning": self.tuning, "tombstones": sorted(self.tombstones),
+            "metric": "inner_product", "saved_at": now_iso(), **(extra or {}),
         }
 
     def save(self, directory: str | os.PathLike, extra: dict | None = None) -> None:
@@ -312,12 +329,15 @@ class VectorIndex:
                       self._meta_json(extra))
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> VectorIndex:
-        return cls.load_with_extra(directory)[0]
+    def load(cls, directory: str | os.PathLike, mmap: bool | None = None) -> VectorIndex:
+        return cls.load_with_extra(directory, mmap)[0]
 
     @classmethod
-    def load_with_extra(cls, directory: str | os.PathLike) -> tuple[VectorIndex, dict]:
-        """Load the current snapshot; also return its meta.json (the durable index keeps its log position there)."""
+    def load_with_extra(cls, directory: str | os.PathLike, mmap: bool | None = None) -> tuple[VectorIndex, dict]:
+        """Load the current snapshot; also return its meta.json (the durable index keeps its log position there).
+
+        ``mmap``: True maps the FAISS file, False reads it, None maps it when large (``index.snapshot.use_mmap``).
+        """
         faiss_file, meta, metadata = load_snapshot(directory, FORMAT_VERSION)
         self = cls.__new__(cls)
         self.dim = int(meta["dim"])
@@ -325,18 +345,16 @@ class VectorIndex:
         self.factory = str(meta["factory"])
         self.spec = parse_factory(self.factory)
         try:
-            self._index = _faiss().read_index(str(faiss_file))
+            self._index, mapped = read_index(faiss_file, mmap)
         except Exception as exc:
             raise IndexStoreError(f"index {directory}: cannot read {faiss_file.name}: {str(exc).splitlines()[0]}"
                                   ) from None
-        self.nprobe = int(meta.get("nprobe", 0))
-        self.ef_search = int(meta.get("ef_search", 0))
+        self.nprobe, self.ef_search = int(meta.get("nprobe", 0)), int(meta.get("ef_search", 0))
+        self.tuning = meta.get("tuning")
         self.next_id = int(meta["next_id"])
         self.tombstones = {int(i) for i in meta.get("tombstones", [])}
         self.metadata = metadata
-        self._gpu = None
-        self._gpu_lock = threading.Lock()
-        self._apply_search_params()  # read_index forgets nprobe / efSearch
+        self._runtime(str(faiss_file) if mapped else None)
         if len(self.metadata) + len(self.tombstones) != self._index.ntotal:
             raise IndexStoreError(
                 f"index {directory}: {self._index.ntotal} vectors but {len(self.metadata)} metadata rows (corrupt?)"
@@ -344,16 +362,37 @@ class VectorIndex:
         return self, meta
 
     # ------------------------------------------------------------------------------------------ building
+    def _tune(self, unit: np.ndarray, held: np.ndarray, target: float) -> None:
+        """nprobe / efSearch for recall >= ``target`` on ``unit[held]``, rows not added yet (``index.tuning``)."""
+        ivf = self.spec.kind == "IVF"
+        lo, hi = (1, self.spec.nlist) if ivf else EF_SEARCH_RANGE
+        truth = tuning.exact_neighbours(unit, held)  # row positions = ids in a fresh build
+        self.tuning = tuning.tune(lambda q, k: self._index.search(q, k)[1],
+                                  lambda v: self.set_search_params(**{"nprobe" if ivf else "ef_search": v}),
+                                  unit[held], truth, "nprobe" if ivf else "efSearch", lo, hi, target=target,
+                                  label=self.factory).to_json()
+
     @classmethod
     def build(cls, vectors: np.ndarray, metadata: list[dict], encoder_version: str, factory: str | None = "auto",
-              memory_budget_bytes: int | None = None) -> VectorIndex:
-        """One-shot build; ``factory='auto'`` asks :func:`choose_index` with the real N."""
+              memory_budget_bytes: int | None = None, recall_target: float | None = tuning.DEFAULT_RECALL_TARGET
+              ) -> VectorIndex:
+        """One-shot build; ``factory='auto'`` asks :func:`choose_index` with the real N. An approximate index gets
+        nprobe / efSearch for ``recall_target`` (None: the defaults) on a held-out sample, added last."""
         x = np.asarray(vectors)
         if x.ndim != 2:
             raise IndexStoreError(f"vectors must be 2-D, got shape {list(x.shape)}")
         if not factory or factory == "auto":
-            kwargs = {"memory_budget_bytes": memory_budget_bytes} if memory_budget_bytes else {}
-            factory = choose_index(len(x), x.shape[1], **kwargs)[0]
+            factory = choose_index(len(x), x.shape[1], memory_budget_bytes or DEFAULT_MEMORY_BUDGET)[0]
         idx = cls(x.shape[1], encoder_version, factory)
-        idx.add(x, metadata, encoder_version)
+        unit, metas = idx.prepare_add(x, metadata, encoder_version)
+        tuned = recall_target is not None and idx.spec.kind in ("IVF", "HNSW")
+        rest, held = tuning.held_out(len(unit)) if tuned else (np.arange(len(unit)), np.arange(0))
+        if not idx._index.is_trained:  # the held-out rows stay out of k-means too (when enough rows remain)
+            idx._train(unit, rest if len(rest) >= idx.spec.nlist else None)
+        for rows in (rest, held):
+            if rows is held and len(held):
+                idx._tune(unit, held, recall_target)
+            for lo in range(0, len(rows), ADD_CHUNK):  # chunks: no second full copy of the vectors
+                part = rows[lo:lo + ADD_CHUNK]
+                idx.add_prepared(unit[part], [metas[i] for i in part], part.astype(np.int64))
         return idx

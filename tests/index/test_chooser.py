@@ -76,3 +76,10 @@ def test_unknown_factory_strings_raise(bad):
 def test_bad_sizes_raise(n, d):
     with pytest.raises(IndexChoiceError):
         choose_index(n, d)
+
+
+@pytest.mark.parametrize("n", [200_000, 1_000_000, 4_000_000])
+def test_nlist_is_a_few_lists_per_sqrt_n(n):
+    """~4·sqrt(n) (FAISS: 4-16·sqrt(n)): at sqrt(n), 1M clustered vectors needed nprobe 128 for recall@10 0.95."""
+    nlist = default_nlist(n)
+    assert 2 * n**0.5 <= nlist <= 8 * n**0.5 and nlist & (nlist - 1) == 0

@@ -160,3 +160,55 @@ def test_auto_build_picks_flat_for_small_sets():
 
 def test_empty_index_returns_no_hits():
     assert VectorIndex(32, V).search(clustered(2), 3, V) == [[], []]
+
+
+# ---------------------------------------------------------------------------------------------- memory-mapped loading
+def _hits(idx: VectorIndex, q: np.ndarray) -> list:
+    return [[(h.id, round(h.score, 5)) for h in row] for row in idx.search(q, 5, V)]
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF8,Flat", "HNSW16"])
+def test_a_memory_mapped_index_answers_like_a_read_one(tmp_path, factory):
+    x = clustered(800)
+    idx = build(factory, x)
+    idx.remove([3, 4])
+    idx.set_search_params(nprobe=4, ef_search=40)
+    idx.save(tmp_path / "ix")
+    mapped, read = VectorIndex.load(tmp_path / "ix", mmap=True), VectorIndex.load(tmp_path / "ix", mmap=False)
+    assert mapped.mmapped and not read.mmapped
+    assert _hits(mapped, x[:20]) == _hits(read, x[:20]) and mapped.tombstones == read.tombstones
+    assert np.array_equal(mapped.vectors([0, 7]), read.vectors([0, 7]))
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF8,Flat", "HNSW16"])
+def test_writes_to_a_memory_mapped_index_read_it_into_memory_first(tmp_path, factory):
+    """FAISS aborts the process on a write to a mapped index: the first write must copy it into memory."""
+    x = clustered(600)
+    build(factory, x[:500]).save(tmp_path / "ix")
+    idx = VectorIndex.load(tmp_path / "ix", mmap=True)
+    new = idx.add(x[500:], [{"uri": f"n{i}"} for i in range(100)], V)
+    assert not idx.mmapped and idx.remove([0, 1]) == 2
+    top = [row[0].id for row in idx.search(x[500:510], 1, V)]
+    assert top == new[:10].tolist() and all(h.id not in (0, 1) for row in idx.search(x[:2], 5, V) for h in row)
+    idx.save(tmp_path / "ix")
+    assert len(VectorIndex.load(tmp_path / "ix", mmap=True)) == 598
+
+
+def test_a_mapped_index_outlives_its_replaced_snapshot(tmp_path):
+    """A later save deletes the snapshot a mapping reads: the mapping keeps working, and a write copies it."""
+    x = clustered(300)
+    build("IVF8,Flat", x).save(tmp_path / "ix")
+    mapped = VectorIndex.load(tmp_path / "ix", mmap=True)
+    VectorIndex.load(tmp_path / "ix", mmap=False).save(tmp_path / "ix")  # the old snap-* directory is gone
+    before = _hits(mapped, x[:5])
+    mapped.add(clustered(10, seed=4), [{}] * 10, V)
+    assert _hits(mapped, x[:5]) == before and len(mapped) == 310 and not mapped.mmapped
+
+
+def test_large_snapshots_are_mapped_by_default(tmp_path, monkeypatch):
+    from index import snapshot
+
+    build("Flat", clustered(200)).save(tmp_path / "ix")
+    assert not VectorIndex.load(tmp_path / "ix").mmapped  # a few kB: read
+    monkeypatch.setattr(snapshot, "MMAP_MIN_BYTES", 1)
+    assert VectorIndex.load(tmp_path / "ix").mmapped
