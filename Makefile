@@ -11,7 +11,7 @@ PORT ?= 3000
 # OpenMP threads that busy-wait starve the other processes of a small box (server workers, test clients).
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: demo test install dataset lint clean
+.PHONY: demo test install dataset browser lint clean bento
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,15 +28,29 @@ dataset:
 	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
 	else echo "Fashion-MNIST missing: run 'sudo apt-get install dataset-fashion-mnist' (or pass --data-root)"; fi
 
+# The /ui test drives Debian's chromium through Playwright (no browser download); it skips when none is found.
+browser:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	else echo "chromium missing: 'sudo apt-get install chromium' (the browser test skips without it)"; fi
+
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports --no-cache
 
-test: install dataset lint
+test: install dataset browser lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 demo: install dataset
 	$(BYOL) demo --port $(PORT)
+
+# The Bento: the HTTP service with the served encoder packed in (the index is mounted at run time: bentofile.yaml).
+# Needs an encoder in the model store (make demo, or byol export). GPU variant: make bento BENTOFILE=bentofile-gpu.yaml
+BENTOFILE ?= bentofile.yaml
+bento: install
+	@ls $(BENTOML_HOME)/models/byol-encoder/*/manifest.json >/dev/null 2>&1 || \
+	  { echo "no encoder in the model store $(BENTOML_HOME): run 'make demo' or 'byol export' first"; exit 1; }
+	BENTOML_DO_NOT_TRACK=true $(VENV)/bin/bentoml build -f $(BENTOFILE)
 
 clean:
 	rm -rf $(VENV) runs .byol

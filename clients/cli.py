@@ -26,12 +26,27 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "promote": ("clients.commands.release:promote_main", "make a bundle version the served one"),
     "rollback": ("clients.commands.release:rollback_main", "go back to the previously served version"),
     "demo": ("clients.commands.demo:main", "the whole job on Fashion-MNIST: train, eval, export, index, probe, serve"),
+    "config": ("clients.commands.config:main", "print a preset or a config file as YAML (config show)"),
+    "sample-image": ("clients.commands.sample:main", "write a sample image to try the API with (a shirt)"),
 }
+
+DIST_NAME = "byol-embed"
+
+
+def version() -> str:
+    """The installed distribution's version (``importlib.metadata``: no import of the packages themselves)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version(DIST_NAME)
+    except PackageNotFoundError:  # a bare checkout on PYTHONPATH, never installed
+        return "unknown (not installed: pip install -e .)"
 
 
 def _usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = ["usage: byol <command> [options]", "", "commands:"]
+    lines = ["usage: byol <command> [options]   |   byol --version", "", "commands:"]
     lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "byol <command> --help for a command's options"]
     return "\n".join(lines)
@@ -53,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        print(f"byol {version()}")
+        return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         print(f"byol: error: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)

@@ -52,10 +52,10 @@ def _message(resp: httpx.Response) -> str:
     return f"{msg} ({'; '.join(details)})" if details else msg
 
 
-def _check(resp: httpx.Response) -> dict:
+def _check(resp: httpx.Response) -> httpx.Response:
     if resp.status_code >= 400:
         raise ClientError(_message(resp), resp.status_code, str(resp.request.url))
-    return resp.json()
+    return resp
 
 
 class _Base:
@@ -92,6 +92,10 @@ class _Base:
     def _files(field: str, images) -> list:
         return [(field, _part(im, i)) for i, im in enumerate(images)]
 
+    @staticmethod
+    def _thumbnail_path(item_id: int) -> str:
+        return f"/items/{int(item_id)}/thumbnail"
+
 
 class EmbeddingClient(_Base):
     """Blocking client. Use as a context manager (or call :meth:`close`) to release its connection pool."""
@@ -109,7 +113,7 @@ class EmbeddingClient(_Base):
     def close(self) -> None:
         self._http.close()
 
-    def _call(self, method: str, path: str, admin: bool = False, **kw) -> dict:
+    def _send(self, method: str, path: str, admin: bool = False, **kw) -> httpx.Response:
         headers = self._headers(admin)
         try:
             resp = self._http.request(method, path, headers=headers, **kw)
@@ -117,7 +121,10 @@ class EmbeddingClient(_Base):
             raise ClientError(f"timed out after {self.timeout} s", None, self.url + path) from None
         except httpx.HTTPError as exc:
             raise ClientError(f"cannot reach the server: {exc}", None, self.url + path) from None
-        return self._seen(_check(resp))
+        return _check(resp)
+
+    def _call(self, method: str, path: str, admin: bool = False, **kw) -> dict:
+        return self._seen(self._send(method, path, admin, **kw).json())
 
     def embed(self, image: ImageLike) -> np.ndarray:
         """One image → float32 ``[D]`` (server answers ``{"version", "dim", "embedding": [D]}``)."""
@@ -132,6 +139,23 @@ class EmbeddingClient(_Base):
     def search(self, image: ImageLike, k: int = 10) -> list[dict]:
         """Neighbours, best first: ``[{"id": int, "score": float (cosine), "metadata": {"uri", "label", ...}}]``."""
         return self._call("POST", "/search", files=self._files("image", [image]), data={"k": str(k)})["results"]
+
+    def search_batch(self, images: list[ImageLike], k: int = 10) -> list[list[dict]]:
+        """Neighbours of each image, in upload order: one list per image, each like :meth:`search`'s (server answers
+        ``{"version", "results": [[{"id", "score", "metadata"}], ...]}``; limits as :meth:`embed_batch`)."""
+        body = self._call("POST", "/search_batch", files=self._files("images", images), data={"k": str(k)})
+        return body["results"]
+
+    def search_by_id(self, item_id: int, k: int = 10) -> list[dict]:
+        """Neighbours of indexed item ``item_id`` of the served version, the item itself left out, best first:
+        ``[{"id", "score", "metadata"}]`` (server answers ``{"version", "id", "metadata": the item's, "results"}``).
+        Ids belong to one version's index: :attr:`version` says which answered. Unknown or removed id → 404."""
+        return self._call("POST", "/search_by_id", json={"id": int(item_id), "k": int(k)})["results"]
+
+    def thumbnail(self, item_id: int) -> bytes:
+        """PNG bytes of indexed item ``item_id`` of the served version, at most 128 px a side (the aspect kept,
+        never enlarged). Unknown or removed id → :class:`ClientError` with status 404; no index → 409."""
+        return self._send("GET", self._thumbnail_path(item_id)).content
 
     def classify(self, image: ImageLike, method: str = "probe") -> dict:
         """``{"version", "method", "label": str, "probabilities": {class: float}}``; method ``probe`` or ``knn``."""
@@ -185,7 +209,7 @@ class AsyncEmbeddingClient(_Base):
     async def close(self) -> None:
         await self._http.aclose()
 
-    async def _call(self, method: str, path: str, admin: bool = False, **kw) -> dict:
+    async def _send(self, method: str, path: str, admin: bool = False, **kw) -> httpx.Response:
         headers = self._headers(admin)
         try:
             resp = await self._http.request(method, path, headers=headers, **kw)
@@ -193,7 +217,10 @@ class AsyncEmbeddingClient(_Base):
             raise ClientError(f"timed out after {self.timeout} s", None, self.url + path) from None
         except httpx.HTTPError as exc:
             raise ClientError(f"cannot reach the server: {exc}", None, self.url + path) from None
-        return self._seen(_check(resp))
+        return _check(resp)
+
+    async def _call(self, method: str, path: str, admin: bool = False, **kw) -> dict:
+        return self._seen((await self._send(method, path, admin, **kw)).json())
 
     async def embed(self, image: ImageLike) -> np.ndarray:
         """See :meth:`EmbeddingClient.embed`."""
@@ -209,6 +236,20 @@ class AsyncEmbeddingClient(_Base):
         """See :meth:`EmbeddingClient.search`."""
         body = await self._call("POST", "/search", files=self._files("image", [image]), data={"k": str(k)})
         return body["results"]
+
+    async def search_batch(self, images: list[ImageLike], k: int = 10) -> list[list[dict]]:
+        """See :meth:`EmbeddingClient.search_batch`: one neighbour list per image, in order."""
+        body = await self._call("POST", "/search_batch", files=self._files("images", images), data={"k": str(k)})
+        return body["results"]
+
+    async def search_by_id(self, item_id: int, k: int = 10) -> list[dict]:
+        """See :meth:`EmbeddingClient.search_by_id`: ``[{"id", "score", "metadata"}]``, the item left out."""
+        body = await self._call("POST", "/search_by_id", json={"id": int(item_id), "k": int(k)})
+        return body["results"]
+
+    async def thumbnail(self, item_id: int) -> bytes:
+        """See :meth:`EmbeddingClient.thumbnail`: PNG bytes, at most 128 px a side."""
+        return (await self._send("GET", self._thumbnail_path(item_id))).content
 
     async def classify(self, image: ImageLike, method: str = "probe") -> dict:
         """See :meth:`EmbeddingClient.classify`."""

@@ -56,9 +56,32 @@ def export(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _tuning(t: dict | None) -> str:
+    """How the approximate index's search parameter was chosen (exact indexes have nothing to tune)."""
+    if not t:
+        return ""
+    verdict = "reached" if t["reached"] else "NOT reached (best value kept)"
+    return (f"; {t['param']} {t['value']}: recall@{t['k']} {t['recall']:.3f} on {t['queries']} held-out queries, "
+            f"target {t['target']} {verdict}")
+
+
 def index_build(r: dict) -> str:
-    return (f"indexed {r['size']} images with encoder {r['version']} ({r['factory']}, dim {r['dim']}) at "
-            f"{r['path']}; {r['chunks_computed']} chunk(s) embedded now, the rest resumed")
+    head = (f"indexed {r['size']} images with encoder {r['version']} ({r['factory']}, dim {r['dim']}) at {r['path']}"
+            f"{_tuning(r.get('tuning'))}")
+    if r.get("from_embeddings"):
+        return f"{head}; vectors from {r['from_embeddings']} ({r['skipped']} unreadable file(s) were skipped there)"
+    return f"{head}; {r['chunks_computed']} chunk(s) embedded now, the rest resumed"
+
+
+def index_export(r: dict) -> str:
+    exact = "" if r["exact"] else " (PQ index: vectors are its approximations)"
+    return (f"exported {r['count']} vectors ({r['dim']}-d, encoder {r['encoder_version']}, {r['factory']}) to "
+            f"{r['out']}: embeddings.npy, metadata.parquet, manifest.json{exact}")
+
+
+def embed_folder(m: dict) -> str:
+    return (f"embedded {m['count']} images ({m['dim']}-d, encoder {m['encoder_version']}), skipped "
+            f"{len(m['skipped'])} unreadable file(s)")
 
 
 def index_add(r: dict) -> str:
@@ -87,13 +110,41 @@ def probe(r: dict) -> str:
 
 
 def gate(report: dict) -> str:
-    lines = [f"evaluation gate on {report['eval_data']} (tolerance {report['tolerance']}):",
+    """Which gate ran, both encoders' figures, the thresholds and the verdict."""
+    lines = _label_free_gate(report) if report.get("gate") == "label-free" else _labelled_gate(report)
+    lines.append("  → " + ("ACCEPTED" if report["accepted"] else "REJECTED: " + "; ".join(report["reasons"])))
+    return "\n".join(lines)
+
+
+def _labelled_gate(report: dict) -> list[str]:
+    s = report.get("settings") or {}
+    size = f", {s['n_train']} reference + {s['n_test']} held-out images" if "n_train" in s else ""
+    lines = [f"labelled gate on {report['eval_data']}{size}: reject when kNN or linear-probe accuracy drops by more "
+             f"than {report['tolerance']}",
              f"  {'':10s} {'version':30s} {'kNN':>8s} {'probe':>8s}"]
     for name in ("current", "candidate"):
         r = report[name]
         lines.append(f"  {name:10s} {r['version']:30s} {r['knn']:8.4f} {r['probe']:8.4f}")
-    lines.append("  → " + ("ACCEPTED" if report["accepted"] else "REJECTED: " + "; ".join(report["reasons"])))
-    return "\n".join(lines)
+    return lines
+
+
+LABEL_FREE_COLUMNS = (("embedding_std", "std"), ("effective_rank", "eff.rank"), ("uniformity", "uniform."),
+                      ("alignment", "align."), ("neighbour_agreement", "agree@10"))
+
+
+def _label_free_gate(report: dict) -> list[str]:
+    t = report["thresholds"]
+    lines = [f"label-free gate on {report['n_images']} of your images ({report.get('sample_from', 'probe sample')}, "
+             f"seed {t['seed']}; no labels):",
+             f"  {'':10s} {'version':30s}" + "".join(f"{label:>10s}" for _, label in LABEL_FREE_COLUMNS)]
+    for name in ("current", "candidate"):
+        r = report[name]
+        lines.append(f"  {name:10s} {r['version']:30s}" + "".join(
+            f"{r[key]:10.4f}" if key in r else f"{'':10s}" for key, _ in LABEL_FREE_COLUMNS))
+    lines.append(f"  thresholds: candidate std and effective rank >= {t['min_ratio']} x current; uniformity <= "
+                 f"{t['max_uniformity_ratio']} x current; alignment <= {t['max_alignment_ratio']} x current + "
+                 f"{t.get('alignment_slack', 0.05)}; neighbour agreement >= {t['min_agreement']}")
+    return lines
 
 
 def retrain(r: dict) -> str:

@@ -5,9 +5,18 @@ rebuilt from the *images*, not from old vectors. So the collection records items
 one fsynced line per item, a torn last line ignored), and keeps the bytes of images uploaded over HTTP
 content-addressed under ``blobs/`` (files on disk and dataset items are referenced by URI only).
 
-URIs: ``sha256:<hex>`` (an uploaded image stored here), ``file:///abs/path`` or a plain absolute path (read here),
-and dataset items such as ``fashion-mnist:<split>/<i>`` (resolved to pixels by ``serving.contract.sources``).
-Only :mod:`index.writes` writes to a collection, always together with the index.
+URIs (an item's stable key across versions, and what ``/search`` returns as ``metadata.uri``):
+
+* ``sha256:<hex>`` — an uploaded image whose bytes are stored here;
+* ``folder:<root>/<relative path>`` — a file under a registered *folder root*: ``<root>`` is a short name (the
+  folder's own name, ``-2``, ``-3``… when two folders share one) mapped to the folder's absolute path in
+  ``roots.json`` beside ``items.jsonl``. Answers therefore never show where files live on the server, and a moved
+  folder is one line of ``roots.json`` (or :meth:`Collection.register_root` with ``name``), not a re-index;
+* dataset items such as ``fashion-mnist:<split>/<i>`` (resolved to pixels by ``serving.contract.sources``);
+* ``file:///abs/path`` or a plain absolute path — what installs before folder roots recorded; still read.
+
+Only :mod:`index.writes` writes items to a collection, always together with the index; roots are registered by
+whoever turns a folder's files into URIs (:meth:`Collection.folder_uris`) before the items are written.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ import logging
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from index.fsio import atomic_write_bytes, now_iso
 
@@ -28,6 +37,8 @@ log = logging.getLogger(__name__)
 ITEMS_FILE = "items.jsonl"
 BLOBS_DIR = "blobs"
 BLOB_PREFIX = "sha256:"
+FOLDER_PREFIX = "folder:"
+ROOTS_FILE = "roots.json"
 
 
 class CollectionError(ValueError):
@@ -46,6 +57,7 @@ class Collection:
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
+        self._roots_cache: tuple[tuple, dict[str, Path]] | None = None
 
     # ------------------------------------------------------------------------------------------ items
     def add(self, items: Iterable[Item], removed: bool = False) -> int:
@@ -117,21 +129,118 @@ class Collection:
         return BLOB_PREFIX + digest
 
     def read_bytes(self, uri: str) -> bytes:
-        """The stored bytes of a ``sha256:`` URI, or the file behind a ``file://`` / absolute-path URI."""
+        """The stored bytes of a ``sha256:`` URI, or the file behind a ``folder:`` / ``file://`` / absolute-path URI.
+
+        Errors name the URI, never the server path behind it (they may reach an HTTP answer)."""
         if uri.startswith(BLOB_PREFIX):
             digest = uri[len(BLOB_PREFIX):]
             path = self.blob_path(digest)
             if len(digest) != 64 or not path.is_file():
-                raise CollectionError(f"{uri}: no stored image with that hash in {self.root}")
+                raise CollectionError(f"{uri}: no stored image with that hash in the collection")
             return path.read_bytes()
-        path = Path(uri[len("file://"):] if uri.startswith("file://") else uri)
-        if not path.is_absolute():
-            raise CollectionError(f"cannot resolve URI {uri!r} (expected sha256:, a dataset item, file:// or an "
-                                  "absolute path)")
+        path = self.path_of(uri)
         try:
             return path.read_bytes()
         except OSError as exc:
             raise CollectionError(f"{uri}: cannot read the file: {exc.strerror}") from None
+
+    # ------------------------------------------------------------------------------------------ folder roots
+    def path_of(self, uri: str) -> Path:
+        """The file behind a ``folder:``, ``file://`` or absolute-path URI on this machine (not read)."""
+        if uri.startswith(FOLDER_PREFIX):
+            name, _, rel = uri[len(FOLDER_PREFIX):].partition("/")
+            roots = self.roots()
+            if name not in roots:
+                raise CollectionError(f"{uri}: unknown folder root {name!r} (roots are registered in "
+                                      f"{ROOTS_FILE} of the collection)")
+            parts = PurePosixPath(rel).parts
+            if not parts or rel.startswith("/") or ".." in parts:
+                raise CollectionError(f"{uri}: not a path inside folder root {name!r}")
+            return roots[name].joinpath(*parts)
+        path = Path(uri[len("file://"):] if uri.startswith("file://") else uri)
+        if not path.is_absolute():
+            raise CollectionError(f"cannot resolve URI {uri!r} (expected sha256:, folder:, a dataset item, file:// "
+                                  "or an absolute path)")
+        return path
+
+    def roots(self) -> dict[str, Path]:
+        """Registered folder roots, name → absolute folder (``roots.json``; re-read only when it changed)."""
+        path = self.root / ROOTS_FILE
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return {}
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if self._roots_cache is None or self._roots_cache[0] != key:
+            try:
+                rows = json.loads(path.read_text())["roots"]
+                roots = {str(k): Path(v) for k, v in rows.items()}
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise CollectionError(f"{path} is unreadable ({exc}); it maps root names to folders: "
+                                      '{"roots": {"name": "/abs/folder"}}') from None
+            self._roots_cache = (key, roots)
+        return dict(self._roots_cache[1])
+
+    def register_root(self, folder: str | os.PathLike, name: str | None = None) -> str:
+        """The root name of ``folder``, registered now if new (unique: ``photos``, ``photos-2``…). With ``name``,
+        that name is (re)pointed at ``folder``: how a moved folder keeps its items. Safe across processes (flock)."""
+        folder = Path(folder).expanduser().resolve()
+        if name is not None and (not name or "/" in name or name in (".", "..")):
+            raise CollectionError(f"a folder root name must be a non-empty name without '/', got {name!r}")
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / ".roots.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            roots = self.roots()
+            if name is None:
+                known = next((n for n, p in roots.items() if p == folder), None)
+                if known is not None:
+                    return known
+                base = folder.name or "root"
+                name = next(c for c in (base if i == 1 else f"{base}-{i}" for i in range(1, len(roots) + 2))
+                            if c not in roots)
+            elif roots.get(name) == folder:
+                return name
+            roots[name] = folder
+            body = {"roots": {n: str(p) for n, p in sorted(roots.items())}}
+            atomic_write_bytes(self.root / ROOTS_FILE, (json.dumps(body, indent=2) + "\n").encode())
+            log.info("folder root %r → %s registered in %s", name, folder, self.root / ROOTS_FILE)
+            return name
+        finally:
+            os.close(fd)  # releases the flock
+
+    def folder_uris(self, files: Iterable[str | os.PathLike], root: str | os.PathLike | None = None) -> list[str]:
+        """``folder:`` URIs for files on this machine: relative to ``root`` (registered here), or without one to the
+        registered root holding each file (a file outside every root registers its own folder)."""
+        named: list[tuple[str, Path]] = []
+        if root is not None:
+            named.append((self.register_root(root), Path(root).expanduser().resolve()))
+        else:
+            named.extend(sorted(self.roots().items(), key=lambda kv: -len(kv[1].parts)))  # innermost root first
+        out = []
+        for f in files:
+            path = Path(f).expanduser()
+            hit = next(((n, rel) for n, r in named if (rel := _relative(path, r)) is not None), None)
+            if hit is None:
+                if root is not None:
+                    raise CollectionError(f"{path} is not inside the folder {root}")
+                parent = path.resolve().parent
+                named.insert(0, (self.register_root(parent), parent))
+                hit = (named[0][0], path.resolve().name)
+            out.append(f"{FOLDER_PREFIX}{hit[0]}/{hit[1]}")
+        return out
+
+
+def _relative(path: Path, root: Path) -> str | None:
+    """``path`` relative to ``root`` as a POSIX path (symlinks resolved, else as written), None when outside."""
+    for p, r in ((path.resolve(), root), (Path(os.path.abspath(path)), Path(os.path.abspath(root)))):
+        try:
+            rel = p.relative_to(r)
+        except ValueError:
+            continue
+        if rel.parts:
+            return rel.as_posix()
+    return None
 
 
 def _append_lines(fd: int, path: Path, data: bytes) -> None:

@@ -36,15 +36,17 @@ class MicroBatcher:
         fn: the blocking model call; it runs in a worker thread, one batch at a time.
         max_batch_size: most images in one model call (a single request larger than this runs alone).
         max_wait_ms: longest a request waits for others to join its batch when the model is idle.
+        on_batch: called with each batch's image count before its model call (``serving.metrics``).
     """
 
     def __init__(self, fn: Callable[[np.ndarray], np.ndarray], max_batch_size: int = 64,
-                 max_wait_ms: float = 2.0) -> None:
+                 max_wait_ms: float = 2.0, on_batch: Callable[[int], None] | None = None) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         self.fn = fn
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000.0
+        self.on_batch = on_batch
         self._queue: asyncio.Queue[_Item | None] | None = None
         self._worker: asyncio.Task | None = None
         self._closed = False
@@ -109,6 +111,11 @@ class MicroBatcher:
             batch, stop = await self._collect(first)
             images = batch[0].images if len(batch) == 1 else np.concatenate([b.images for b in batch])
             self.batch_sizes = [*self.batch_sizes[-999:], len(images)]
+            if self.on_batch is not None:
+                try:
+                    self.on_batch(len(images))
+                except Exception:  # a metric must never stop the batcher's worker
+                    log.exception("on_batch callback failed")
             try:
                 out = await loop.run_in_executor(None, self.fn, images)
             except Exception as exc:  # every waiter of this batch gets the error; the worker lives on

@@ -30,7 +30,8 @@ class Forbidden(BentoMLException):
 
 
 class NotFoundError(BentoMLException):
-    """404: a model version asked for by ``/admin/reload`` is not in the model store."""
+    """404: a model version asked for by ``/admin/reload`` is not in the model store, or an item id is not in the
+    served index (unknown, removed, or of another version's index), or its image can no longer be read."""
 
     error_code = HTTPStatus.NOT_FOUND
 

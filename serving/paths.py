@@ -4,7 +4,8 @@
       bentoml/                  BentoML model store (unless BENTOML_HOME is set): bundles, one version each
       indexes/<version>/        the FAISS index built with bundle <version> (never mixed with another)
       probes/<version>/         linear probe + kNN labels fitted on bundle <version>'s embeddings
-      collection/               the stored collection (images added over HTTP, URIs of indexed files)
+      collection/               the stored collection (images added over HTTP, URIs of indexed files; roots.json
+                                maps each indexed folder's name to where it lives, so URIs stay relative)
       checkpoints/<version>.pt  the training state behind each bundle (retrain resumes it)
       reports/<version>.json    the evaluation-gate report of each retrained candidate
       retrain/                  retrain runs, lock, and the images already used

@@ -10,14 +10,17 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+from anyio import to_thread
 
-from serving import paths
+from serving import metrics, paths
 from serving.batching import MicroBatcher
 from serving.contract.atomic import now_iso
-from serving.contract.bundle import BundleError
+from serving.contract.bundle import MODEL_NAME, BundleError
 from serving.contract.encoder import OnnxEncoder
 from serving.contract.sources import decode_each, read_uri
 from serving.release import served_tag
@@ -29,8 +32,24 @@ MAX_WAIT_MS = 2.0  # longest a lone request waits for others to share its model 
 
 
 def resolve_tag(explicit: str | None = None) -> str:
-    """Which bundle to serve: an explicit tag, else ``$BYOL_MODEL_TAG``, else the promoted release, else latest."""
-    return explicit or os.environ.get("BYOL_MODEL_TAG") or served_tag()
+    """Which bundle to serve: an explicit tag, else ``$BYOL_MODEL_TAG``, else — inside a built Bento — the encoder it
+    packed, else the promoted release, else latest."""
+    return explicit or os.environ.get("BYOL_MODEL_TAG") or packed_tag() or served_tag()
+
+
+def packed_tag(bento_root: Path | None = None) -> str | None:
+    """The encoder tag a built Bento packed, when this code runs from one (``<bento>/src/serving/runtime.py`` beside
+    ``<bento>/bento.yaml``). A Bento must serve what it packed: the store it is served from may hold newer encoders
+    (and a container's store holds only the packed one)."""
+    root = bento_root or Path(__file__).resolve().parents[2]
+    import yaml
+
+    try:
+        info = yaml.safe_load((root / "bento.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    tags = [m.get("tag", "") for svc in (info or {}).get("services") or [] for m in svc.get("models") or []]
+    return next((t for t in tags if t.startswith(f"{MODEL_NAME}:")), None)
 
 
 class _IndexCache:
@@ -126,7 +145,26 @@ class Runtime:
 
     async def embed(self, images: np.ndarray) -> np.ndarray:
         """uint8 ``[N,S,S,3]`` → float32 ``[N,D]`` through this version's micro-batcher."""
-        return await self.batcher.submit(images)
+        start = time.perf_counter()
+        out = await self.batcher.submit(images)
+        metrics.observe_embed(time.perf_counter() - start)
+        return out
+
+    def require_index(self):
+        """The index, or the 409 naming why this version has none."""
+        if self.index is None:
+            from serving.errors import Conflict  # imports BentoML: not at module level (`byol serve` imports us first)
+
+            raise Conflict(self.missing["index"])
+        return self.index
+
+    async def search(self, vectors: np.ndarray, k: int, endpoint: str) -> list:
+        """``k`` neighbours of each vector in this version's index (in a thread), timed for ``/metrics``."""
+        index = self.require_index()
+        start = time.perf_counter()
+        hits = await to_thread.run_sync(index.search, vectors, k, self.version)
+        metrics.observe_search(endpoint, time.perf_counter() - start)
+        return hits
 
     def classifier(self, method: str):
         """``probe`` or ``knn`` → the classifier, or ``(None, why)``."""
@@ -243,5 +281,5 @@ def load_runtime(tag: str, *, max_batch_size: int = MAX_BATCH_SIZE, max_wait_ms:
              version, encoder.dim, encoder.input_size, encoder.providers,
              "none" if index is None else f"{len(index)} items", [k for k in ("probe", "knn") if k not in missing])
     return Runtime(encoder=encoder, index=index, probe=probe, knn=knn, missing=missing,
-                   batcher=MicroBatcher(encoder.embed, max_batch_size, max_wait_ms),
+                   batcher=MicroBatcher(encoder.embed, max_batch_size, max_wait_ms, on_batch=metrics.observe_batch),
                    loaded_at=now_iso())

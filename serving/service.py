@@ -10,7 +10,9 @@ Every request first passes the edge (:mod:`serving.upload_guard`: body and part 
 admission with 503 + Retry-After, multipart checked and rewritten off the event loop); limits are in
 :mod:`serving.limits`. Batching: every embedding goes through the loaded version's
 :class:`serving.batching.MicroBatcher` — ``MAX_BATCH_SIZE`` = 64 images per ONNX Runtime call, ``MAX_WAIT_MS`` =
-2 ms longest wait for company. Writes and reloads: :mod:`serving.served`.
+2 ms longest wait for company. Writes and reloads: :mod:`serving.served`. GET routes (``/info``, the ``/ui`` page,
+``/items/{id}/thumbnail``): :mod:`serving.web`; what the OpenAPI page at ``/`` says: :mod:`serving.openapi`; the
+project's ``byol_*`` metrics on ``/metrics``: :mod:`serving.metrics`.
 """
 
 from __future__ import annotations
@@ -24,39 +26,34 @@ import bentoml
 from anyio import to_thread
 from bentoml.exceptions import BentoMLException
 from pydantic import Field
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from index.collection import Collection
 from index.vector_index import set_omp_threads
-from serving import deadline, paths
+from serving import deadline, items, metrics, openapi, paths, web
 from serving import http_helpers as h
 from serving.contract.bundle import MODEL_NAME, BundleError
 from serving.errors import Conflict
 from serving.runtime import check_bundle, load_runtime, resolve_tag
 from serving.served import Served
-from serving.upload_guard import ADMISSION, UploadGuard
+from serving.upload_guard import UploadGuard
 
 log = logging.getLogger("byol.service")
 
 # BentoML imports this module as its entry point, so the entry point configures explicitly, here and only here:
 # BENTOML_HOME under BYOL_HOME unless set (the model store is first read just below, by the class attribute), and
-# request deadlines that do not keep every request alive for the whole timeout (serving.deadline).
+# request deadlines that do not keep every request alive for the whole timeout (serving.deadline), and request
+# metrics labelled by route template, not by item id (serving.metrics).
 paths.use_store()
 deadline.install()
+metrics.install_route_labels()
 MODEL_TAG = resolve_tag()
 Image = Annotated[Path, Field(description="an image file (JPEG, PNG, GIF, BMP, TIFF, WebP, ...)")]
+K = Annotated[int, Field(description="how many neighbours (1-1000)")]
 
 
-async def _info(request: Request) -> JSONResponse:
-    """``GET /info`` (BentoML API routes are POST only, so this is a small mounted Starlette route)."""
-    return JSONResponse({**bentoml.get_current_service().runtime.info(), "admission": ADMISSION.stats()})
-
-
-@bentoml.asgi_app(Starlette(routes=[Route("/info", _info, methods=["GET"])]), path="/")
-@bentoml.service(name="byol_embed", workers=1, traffic={"timeout": 120}, http={"host": "127.0.0.1"})
+@bentoml.asgi_app(web.app(web.load_ui()), path="/")  # GET /info, /ui, /items/{id}/thumbnail (serving.web)
+@bentoml.service(name="byol_embed", description=openapi.DESCRIPTION, service_class=openapi.DescribedService,
+                 workers=1, traffic={"timeout": 120}, http={"host": "127.0.0.1"})
 class ByolEmbed:
     # The model reference is a class attribute so `bentoml build` packs the bundle into the Bento.
     bundle = bentoml.models.BentoModel(MODEL_TAG if ":" in MODEL_TAG else f"{MODEL_NAME}:{MODEL_TAG}")
@@ -76,6 +73,7 @@ class ByolEmbed:
         set_omp_threads(int(os.environ.get("BYOL_FAISS_THREADS", "1")))
         self.served = Served(load_runtime(MODEL_TAG), Collection(paths.collection_dir()))
         self.admin_token = h.env_token()
+        metrics.report(self.runtime)
 
     @property
     def runtime(self):
@@ -83,6 +81,10 @@ class ByolEmbed:
 
     def __is_ready__(self) -> bool:
         return self.served.runtime is not None
+
+    async def _report(self) -> None:
+        """The served version and its index size for ``/metrics`` (in a thread: the size waits for index writes)."""
+        await to_thread.run_sync(metrics.report, self.runtime)
 
     @bentoml.api(route="/embed")
     async def embed(self, image: Image) -> dict:
@@ -101,16 +103,32 @@ class ByolEmbed:
         return {"version": rt.version, "dim": rt.dim, "embeddings": vecs.tolist()}
 
     @bentoml.api(route="/search")
-    async def search(self, image: Image, k: int = 10) -> dict:
+    async def search(self, image: Image, k: K = 10) -> dict:
         """Nearest neighbours → ``{"version", "results": [{"id", "score", "metadata"}]}``, best first."""
         rt = self.runtime
         h.check_k(k)
-        if rt.index is None:
-            raise Conflict(rt.missing["index"])
+        rt.require_index()
         x, _ = await h.decode_async([image], rt.input_size)
-        vec = await rt.embed(x)
-        hits = await to_thread.run_sync(rt.index.search, vec, k, rt.version)
+        hits = await rt.search(await rt.embed(x), k, "search")
         return {"version": rt.version, "results": h.hits_json(hits[0])}
+
+    @bentoml.api(route="/search_batch")
+    async def search_batch(self, images: list[Image], k: K = 10) -> dict:
+        """Neighbours of each image → ``{"version", "results": [[{"id", "score", "metadata"}], ...]}`` in upload
+        order, best first (limits as ``/embed_batch``)."""
+        rt = self.runtime
+        h.check_k(k)
+        rt.require_index()
+        x, _ = await h.decode_async(images, rt.input_size)
+        hits = await rt.search(await rt.embed(x), k, "search_batch")
+        return {"version": rt.version, "results": [h.hits_json(row) for row in hits]}
+
+    @bentoml.api(route="/search_by_id")
+    async def search_by_id(self, id: Annotated[int, Field(description="an item id of the served index")],
+                           k: K = 10) -> dict:
+        """Neighbours of an indexed item, itself left out → ``{"version", "id", "metadata", "results": [{"id",
+        "score", "metadata"}]}``, best first; 404 for an id the served index does not hold."""
+        return await items.neighbours(self.runtime, id, k, self.served.collection)
 
     @bentoml.api(route="/classify")
     async def classify(self, image: Image, method: Literal["probe", "knn"] = "probe") -> dict:
@@ -137,6 +155,7 @@ class ByolEmbed:
         datas = await to_thread.run_sync(h.read_uploads, images)
         h.check_labels(labels, len(datas))
         version, ids = await self.served.add(lambda size: h.pixels_async(datas, size), datas, labels)
+        await self._report()
         return {"version": version, "ids": ids}
 
     @bentoml.api(route="/index/remove")
@@ -147,6 +166,7 @@ class ByolEmbed:
         h.check_token(ctx.request.headers, self.admin_token)
         h.check_removal(ids or [], uris or [], version)
         served, removed = await self.served.remove(ids or [], uris or [], version)
+        await self._report()
         return {"version": served, "removed": int(removed)}
 
     @bentoml.api(route="/admin/reload")
@@ -156,7 +176,9 @@ class ByolEmbed:
         Requests in flight finish on the version they started with. → ``{"version", "previous"}``.
         """
         h.check_token(ctx.request.headers, self.admin_token)
-        return await self.served.reload(version)
+        swapped = await self.served.reload(version)
+        await self._report()
+        return swapped
 
 
 ByolEmbed.add_asgi_middleware(UploadGuard)

@@ -83,8 +83,17 @@ def _age(model) -> tuple:
     return str(model.info.metadata.get("created_at", "")), model.info.creation_time
 
 
+def _store_root() -> Path:
+    """The model store this process really reads: BENTOML_HOME's, or a served Bento's own ``models/`` (a container
+    has no BENTOML_HOME store: the Bento carries its models beside it)."""
+    _bentoml()
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    return Path(BentoMLContainer.model_store.get()._path)
+
+
 def _entry_dir(version: str) -> Path:
-    return store_home() / "models" / MODEL_NAME / version
+    return _store_root() / MODEL_NAME / version
 
 
 def _models(bentoml) -> list:
@@ -93,7 +102,7 @@ def _models(bentoml) -> list:
     entries are read one by one and such debris is skipped (and replaced when that version is registered again)."""
     from bentoml.exceptions import BentoMLException
 
-    root = store_home() / "models" / MODEL_NAME
+    root = _store_root() / MODEL_NAME
     models = []
     for entry in sorted(p for p in root.glob("*") if p.is_dir()) if root.is_dir() else []:
         try:

@@ -13,6 +13,9 @@ In order, for each HTTP request (each refusal is a JSON ``[{"error": "<problem>"
 6. a read-only request whose client disconnects is cancelled (its queued decoding and model work is skipped);
    writes always run to their end.
 
+Every POST route is listed in :data:`ROUTES` with its fields; any other request (the GET routes: ``/ui``,
+``/items/{id}/thumbnail``, ``/info``...) passes steps 1, 3 (with the JSON body limit) and 4 and goes on unparsed.
+
 Why here and not in the endpoints: BentoML 1.4.39 reads and parses the body before our endpoint code runs, and a
 few bodies end in a 500 (or a hung request) in there; the edge is the one place that sees every request first.
 """
@@ -46,6 +49,8 @@ ROUTES: dict[str, RouteRule] = {
     "/embed": RouteRule(Form(frozenset({"image"})), cancel_on_disconnect=True),
     "/embed_batch": RouteRule(Form(frozenset({"images"}), many=True), cancel_on_disconnect=True),
     "/search": RouteRule(Form(frozenset({"image"}), frozenset({"k"})), cancel_on_disconnect=True),
+    "/search_batch": RouteRule(Form(frozenset({"images"}), frozenset({"k"}), many=True), cancel_on_disconnect=True),
+    "/search_by_id": RouteRule(json=True, cancel_on_disconnect=True),
     "/classify": RouteRule(Form(frozenset({"image"}), frozenset({"method"})), cancel_on_disconnect=True),
     "/index/add": RouteRule(Form(frozenset({"images"}), frozenset({"labels"}), many=True), admin=True),
     "/index/remove": RouteRule(json=True, admin=True),

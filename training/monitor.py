@@ -3,7 +3,9 @@
 BYOL's loss says little about representation quality (it can fall while embeddings collapse or stagnate), so every
 ``train.knn_every`` steps rank 0 embeds a labelled holdout and scores it by weighted kNN against a seeded subset of
 the labelled training images, with the same metric as ``byol eval`` and the retrain gate
-(:func:`index.metrics.knn_accuracy`), so the figures in ``summary.json`` compare with theirs.
+(:func:`index.metrics.knn_accuracy`), so the figures in ``summary.json`` compare with theirs. Each measurement also
+draws the first few holdout queries beside their nearest references (``monitor/neighbours`` in TensorBoard, and
+the run report's grid): the embeddings that were just computed, so the picture costs no extra forward pass.
 """
 
 from __future__ import annotations
@@ -11,14 +13,18 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from index.metrics import knn_accuracy
 from serving.contract.sources import ImageSet
 from training.eval import embed_images
+from training.pictures import neighbour_grid
 
 log = logging.getLogger(__name__)
+
+GRID_QUERIES, GRID_NEIGHBOURS = 6, 6  # rows and neighbours per row of the neighbour grid
 
 
 class KnnMonitor:
@@ -31,6 +37,7 @@ class KnnMonitor:
     def __init__(self, train: ImageSet, holdout: ImageSet | None, max_train: int, max_holdout: int, k: int,
                  seed: int, every: int = 0, writer: Any = None) -> None:
         self.k, self.every, self.writer = k, every, writer
+        self.last_grid: np.ndarray | None = None  # the latest neighbour grid (uint8 HWC), for the run report
         self.enabled = holdout is not None and holdout.labels is not None and train.labels is not None
         if self.enabled:
             g = torch.Generator().manual_seed(seed + 7)
@@ -40,16 +47,26 @@ class KnnMonitor:
 
     def __call__(self, encoder: nn.Module) -> float | None:
         """Holdout kNN accuracy of ``encoder`` (None when disabled)."""
-        if not self.enabled:
-            return None
+        return self._measure(encoder)[0] if self.enabled else None
+
+    def _measure(self, encoder: nn.Module) -> tuple[float, np.ndarray]:
         ref, hold = embed_images(encoder, self.ref.images), embed_images(encoder, self.holdout.images)
-        return knn_accuracy(ref, self.ref.labels, hold, self.holdout.labels, k=self.k)
+        acc = knn_accuracy(ref, self.ref.labels, hold, self.holdout.labels, k=self.k)
+        n = min(GRID_QUERIES, len(hold))
+        grid = neighbour_grid(self.holdout.images[:n], self.holdout.labels[:n], hold[:n], self.ref.images,
+                              self.ref.labels, ref, GRID_NEIGHBOURS)
+        return acc, grid
 
     def measure(self, step: int, encoder: nn.Module) -> float | None:
-        """:meth:`__call__`, also written to TensorBoard as ``monitor/knn_accuracy`` at ``step``."""
-        acc = self(encoder)
-        if acc is not None and self.writer is not None:
+        """:meth:`__call__`, also written to TensorBoard at ``step``: ``monitor/knn_accuracy`` and the neighbour
+        grid ``monitor/neighbours`` (kept as :attr:`last_grid` for the report)."""
+        if not self.enabled:
+            return None
+        acc, self.last_grid = self._measure(encoder)
+        if self.writer is not None:
             self.writer.add_scalar("monitor/knn_accuracy", acc, step)
+            if hasattr(self.writer, "add_image"):
+                self.writer.add_image("monitor/neighbours", self.last_grid, step, dataformats="HWC")
         return acc
 
     def at_step(self, step: int, encoder: nn.Module, history: dict, loss: float) -> None:

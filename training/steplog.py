@@ -1,4 +1,5 @@
-"""What the loop reports every ``train.log_every`` steps: TensorBoard scalars, the progress bar, and two aborts.
+"""What the loop reports every ``train.log_every`` steps: TensorBoard scalars, the progress bar, and two aborts;
+and, once at the start of a session, a picture of the views it trains on (:func:`log_view_pairs`).
 
 Reading the loss back from the device forces a sync, so it happens only on logged steps (and the last one); the
 NaN and collapse checks ride on the same read, which is why they too only look at logged steps.
@@ -10,10 +11,14 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from training.errors import TrainingError
+from training.pictures import view_pairs
+
+VIEW_PAIRS = 8  # images in the augmentation picture
 
 
 def open_writer(log_dir: Path, step: int) -> Any:
@@ -21,6 +26,14 @@ def open_writer(log_dir: Path, step: int) -> Any:
     from torch.utils.tensorboard import SummaryWriter
 
     return SummaryWriter(str(log_dir), purge_step=step)
+
+
+def log_view_pairs(writer: Any, augment: torch.nn.Module, images: np.ndarray, step: int, seed: int = 0) -> np.ndarray:
+    """``augment/views`` at ``step``: a few training images over their T and T′ views (see
+    :func:`training.pictures.view_pairs`; training's own RNG streams are untouched). Returns the picture."""
+    grid = view_pairs(augment, images[:VIEW_PAIRS], seed)
+    writer.add_image("augment/views", grid, step, dataformats="HWC")
+    return grid
 
 
 def progress_bar(total: int, step: int, enabled: bool) -> Any:

@@ -1,20 +1,56 @@
-"""What a finished run leaves for the next tools: ``encoder.pt`` (f_θ alone, for export) and ``summary.json``.
+"""What a run leaves in its directory, beyond checkpoints: ``config.yaml`` at the start; ``encoder.pt`` (f_θ alone,
+for export), ``summary.json``, TensorBoard hparams and ``report.html`` at the end.
 
-Both carry the same metrics dict the caller gets back in :class:`training.train.TrainResult`, so the CLI's line,
-the export manifest and the run directory never disagree.
+They all carry the same metrics dict the caller gets back in :class:`training.train.TrainResult`, so the CLI's line,
+the export manifest, TensorBoard and the run directory never disagree.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from serving.contract.atomic import atomic_write_json
 from serving.contract.sources import ImageSet
 from training.artifact import save_encoder
 from training.budget import TimeBudget
+from training.config_file import CONFIG_FILE, save_config, to_yaml
 from training.monitor import KnnMonitor
 from training.state import TrainState
-from training.steplog import StepLogger
+from training.steplog import VIEW_PAIRS, StepLogger, log_view_pairs, open_writer
+
+log = logging.getLogger(__name__)
+
+
+def start_run(out_dir: Path, state: TrainState, data: Any) -> Any:
+    """Rank 0 at the start of every session: ``config.yaml`` (the config this run really runs, a resumed one's
+    included), the TensorBoard writer, and a picture of the views at the session's first step. Returns the writer."""
+    try:
+        save_config(state.cfg, out_dir / CONFIG_FILE)
+    except ImportError as exc:  # PyYAML comes with the base install (via BentoML); a bare torch box may lack it
+        log.warning("no %s: %s (pip install pyyaml)", CONFIG_FILE, exc)
+    writer = open_writer(out_dir / state.cfg.train.log_dir, state.step)
+    images = preview_images(state, data)
+    if images is not None:
+        log_view_pairs(writer, state.augment, images, state.step, state.cfg.train.seed)
+    return writer
+
+
+def preview_images(state: TrainState, data: Any) -> np.ndarray | None:
+    """A few training images for the view picture: in memory, or (streamed folder) crops decoded from the first
+    files by the batcher's own dataset, which is deterministic per (epoch, index) and draws no RNG."""
+    if isinstance(data, ImageSet):
+        return data.images[:VIEW_PAIRS]
+    dataset = getattr(state.batcher, "dataset", None)
+    if dataset is None:
+        return None
+    crops = [dataset[(0, i)] for i in range(min(VIEW_PAIRS, len(dataset)))]
+    good = [views.numpy() for views, _, ok in crops if ok]
+    return np.stack(good) if good else None
 
 
 def run_metrics(state: TrainState, stopped: str, logger: StepLogger, budget: TimeBudget, start_step: int) -> dict:
@@ -29,8 +65,8 @@ def run_metrics(state: TrainState, stopped: str, logger: StepLogger, budget: Tim
 
 def write_artifacts(out_dir: Path, enc_path: Path, ckpt_path: Path, state: TrainState, data: ImageSet,
                     metrics: dict, monitor: KnnMonitor, init_from: Path | None) -> None:
-    """Final holdout kNN (added to ``metrics``), then ``encoder.pt`` and ``summary.json``. The data fingerprint
-    lets the retrain gate tell which images an encoder has seen."""
+    """Final holdout kNN (added to ``metrics``), then ``encoder.pt``, ``summary.json``, the hparams and
+    ``report.html``. The data fingerprint lets the retrain gate tell which images an encoder has seen."""
     encoder = state.online.branch.encoder
     if monitor.enabled:
         metrics["holdout_knn"] = monitor.measure(state.step, encoder)
@@ -40,6 +76,40 @@ def write_artifacts(out_dir: Path, enc_path: Path, ckpt_path: Path, state: Train
         "checkpoint": str(ckpt_path), "parent_version": None,
         "init_from": str(init_from) if init_from else None,
     })
-    atomic_write_json(out_dir / "summary.json", {"metrics": metrics, "history": state.history,
-                                                 "data_fingerprint": fingerprint, "n_images": len(data),
-                                                 "config": cfg})
+    summary = {"metrics": metrics, "history": state.history, "data_fingerprint": fingerprint, "n_images": len(data),
+               "config": cfg}
+    atomic_write_json(out_dir / "summary.json", summary)
+    if monitor.writer is not None:
+        log_hparams(monitor.writer, cfg, metrics, state.step)
+        monitor.writer.flush()  # the report reads the curves back from the event files
+    try:
+        from training.report import write_report
+
+        write_report(out_dir, out_dir / state.cfg.train.log_dir, summary, monitor.last_grid, to_yaml(state.cfg))
+    except ImportError as exc:  # matplotlib is in the train extra; a bare install still gets its encoder
+        log.warning("no report.html: %s (pip install matplotlib)", exc)
+
+
+def flat_hparams(cfg: dict, prefix: str = "") -> dict[str, bool | int | float | str]:
+    """The config tree as TensorBoard hparams: dotted keys, scalar values (tuples and None as text)."""
+    out: dict[str, bool | int | float | str] = {}
+    for key, value in cfg.items():
+        if isinstance(value, dict):
+            out.update(flat_hparams(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value if isinstance(value, bool | int | float | str) else str(value)
+    return out
+
+
+def log_hparams(writer: Any, cfg: dict, metrics: dict, step: int) -> None:
+    """The flattened config and the final numeric metrics (``hparam/<name>``) into the run's own event file, so
+    TensorBoard's HPARAMS tab lines runs up by their settings (``SummaryWriter.add_hparams`` would start a
+    separate run directory for them)."""
+    from torch.utils.tensorboard.summary import hparams
+
+    scores = {f"hparam/{k}": float(v) for k, v in metrics.items()
+              if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
+    for summary in hparams(flat_hparams(cfg), scores):
+        writer.file_writer.add_summary(summary, step)
+    for name, value in scores.items():
+        writer.add_scalar(name, value, step)

@@ -8,7 +8,8 @@ This module is the loop and nothing else; each of its jobs lives in a module of 
 - :mod:`training.budget`: ``train.max_minutes`` (the horizon K lowered to the steps that fit);
 - :mod:`training.steplog`: TensorBoard, progress bar, NaN and collapse aborts;
 - :mod:`training.monitor`: holdout kNN every ``train.knn_every`` steps;
-- :mod:`training.summary`: ``encoder.pt`` and ``summary.json`` at the end.
+- :mod:`training.summary`: ``config.yaml`` at the start; ``encoder.pt``, ``summary.json``, TensorBoard hparams and
+  ``report.html`` (:mod:`training.report`) at the end.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ from training.state import (
     training_data,
     warmup_steps,
 )
-from training.steplog import StepLogger, open_writer, progress_bar
-from training.summary import run_metrics, write_artifacts
+from training.steplog import StepLogger, progress_bar
+from training.summary import run_metrics, start_run, write_artifacts
 
 __all__ = ["Branch", "Online", "TrainResult", "TrainingError", "make_target", "train", "train_step"]
 
@@ -56,7 +57,8 @@ class TrainResult:
 
 def train(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, data: ImageSet | None = None,
           holdout: ImageSet | None = None, init_from: Path | None = None, stop_after: int | None = None) -> TrainResult:
-    """Pretrain with BYOL and leave ``checkpoint.pt``, ``encoder.pt`` (f_θ only), ``summary.json`` and ``tb/``.
+    """Pretrain with BYOL and leave ``checkpoint.pt``, ``encoder.pt`` (f_θ only), ``config.yaml``, ``summary.json``,
+    ``report.html`` and ``tb/``.
 
     ``data``/``holdout`` bypass ``cfg.data`` (the retrain command passes old+new images). ``init_from`` starts
     from another run's checkpoint (online, target, optimizer momentum) with fresh schedules over this run's step
@@ -92,7 +94,7 @@ def _train(cfg: TrainConfig, out_dir: Path, dist_info: DistInfo, device: torch.d
     model, target = ddp_model(state.online, dist_info, device), state.target
     if t.compile:  # the state keeps the raw modules: checkpoints never see the compiled wrappers
         model, target = torch.compile(model), torch.compile(target)
-    writer = open_writer(out_dir / t.log_dir, state.step) if main else None
+    writer = start_run(out_dir, state, data) if main else None  # config.yaml, TensorBoard, the views' picture
     monitor = KnnMonitor(data, holdout, t.knn_max_train, t.knn_max_holdout, t.knn_k, t.seed, t.knn_every, writer)
     logger = StepLogger(t.log_every, t.collapse_std, writer,
                         progress_bar(state.total_steps, state.step, main and t.progress))

@@ -10,7 +10,8 @@ from clients.workflows.embedding import DEFAULT_CHUNK, EmbedFolderConfig
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="byol embed-folder", description="embed every image under DIR into "
-                                "OUT/embeddings.npy + OUT/metadata.parquet + OUT/manifest.json (resumable)")
+                                "OUT/embeddings.npy + OUT/metadata.parquet + OUT/manifest.json (resumable); "
+                                "'byol index build --from-embeddings OUT' then indexes it without re-embedding")
     p.add_argument("folder", type=Path, help="folder of images (nested folders are walked)")
     p.add_argument("--out", type=Path, required=True, help="output folder (new, or an interrupted run's)")
     p.add_argument("--model", default="latest", help="bundle tag: latest, a version, or byol-encoder:<version>")
@@ -22,9 +23,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
+    from clients import tables
     from clients.workflows.embedding import embed_folder
 
-    m = embed_folder(EmbedFolderConfig(**vars(parser().parse_args(argv))))
-    print(f"embedded {m['count']} images ({m['dim']}-d, encoder {m['encoder_version']}), skipped "
-          f"{len(m['skipped'])} unreadable file(s)")
+    print(tables.embed_folder(embed_folder(EmbedFolderConfig(**vars(parser().parse_args(argv))))))
     return 0

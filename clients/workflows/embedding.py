@@ -8,6 +8,9 @@ autofaiss and clip-retrieval users know:
 Resumable: files are embedded in chunks written atomically under ``OUT/.partial/`` (keyed by the encoder version,
 the file list and the chunk size), so a rerun after a kill embeds only what is missing; the three outputs appear
 (atomically) only when every chunk is done. Unreadable files are skipped and listed in the manifest.
+
+The same layout goes both ways: ``byol index build --from-embeddings OUT`` indexes such an output (no re-embedding),
+and ``byol index export --model TAG --out OUT`` writes a served index in it (:func:`write_embeddings` for both).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import json
 import logging
 import shutil
 import sys
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,9 +110,8 @@ def embed_folder(cfg: EmbedFolderConfig) -> dict:
 
 
 def _publish(encoder, root: Path, out: Path, partial: Path, n_chunks: int) -> dict:
-    """Concatenate the chunks into the three outputs, written beside ``out`` and moved in together."""
+    """Concatenate the chunks into the three outputs (:func:`write_embeddings`)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     metas = [json.loads((partial / f"chunk-{i:05d}.json").read_text()) for i in range(n_chunks)]
     rows = [r for m in metas for r in m["rows"]]
@@ -116,24 +119,43 @@ def _publish(encoder, root: Path, out: Path, partial: Path, n_chunks: int) -> di
     manifest = {"encoder_version": encoder.version, "dim": encoder.dim, "input_size": encoder.input_size,
                 "folder": str(root), "count": len(rows), "skipped": skipped, "normalized": True,
                 "files": {"embeddings": EMBEDDINGS, "metadata": METADATA}}
+    table = pa.table({"id": pa.array(range(len(rows)), pa.int64()), "path": [r["path"] for r in rows],
+                      "width": pa.array([r["width"] for r in rows], pa.int32()),
+                      "height": pa.array([r["height"] for r in rows], pa.int32()),
+                      "sha256": [r["sha256"] for r in rows]})
+    blocks = (np.load(partial / f"chunk-{i:05d}.npy") for i in range(n_chunks))
+    write_embeddings(out, blocks, len(rows), encoder.dim, table, manifest)
+    return manifest
+
+
+def write_embeddings(out: Path, blocks: Iterable[np.ndarray], n: int, dim: int, table, manifest: dict) -> None:
+    """The one writer of the layout (``byol embed-folder`` and ``byol index export``): ``blocks`` of float32 rows
+    (``n`` in all, in ``table``'s order) streamed into ``embeddings.npy`` — millions of vectors never sit in RAM at
+    once — beside ``metadata.parquet`` (the pyarrow ``table``) and ``manifest.json``.
+
+    Atomic: written beside ``out`` and moved in, the manifest last (its presence means complete); ``out`` may hold
+    only an interrupted run's ``.partial/`` — a finished output is refused, never overwritten."""
+    import pyarrow.parquet as pq
+
+    if (out / MANIFEST).is_file():
+        raise FileExistsError(f"{out} already holds embeddings ({MANIFEST}); pick a new --out")
+    if table.num_rows != n:
+        raise ValueError(f"{n} vectors but {table.num_rows} metadata rows")
 
     def build(tmp: Path) -> None:
-        arr = np.lib.format.open_memmap(tmp / EMBEDDINGS, mode="w+", dtype=np.float32, shape=(len(rows), encoder.dim))
+        arr = np.lib.format.open_memmap(tmp / EMBEDDINGS, mode="w+", dtype=np.float32, shape=(n, dim))
         at = 0
-        for i in range(n_chunks):  # chunk by chunk: millions of vectors never sit in RAM at once
-            part = np.load(partial / f"chunk-{i:05d}.npy")
+        for part in blocks:
             arr[at:at + len(part)] = part
             at += len(part)
+        if at != n:
+            raise ValueError(f"expected {n} vectors, got {at}")
         arr.flush()
         del arr
-        table = pa.table({"id": pa.array(range(len(rows)), pa.int64()), "path": [r["path"] for r in rows],
-                          "width": pa.array([r["width"] for r in rows], pa.int32()),
-                          "height": pa.array([r["height"] for r in rows], pa.int32()),
-                          "sha256": [r["sha256"] for r in rows]})
         pq.write_table(table, tmp / METADATA)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
-    if out.exists():  # only .partial/ can be there (a finished out holds the manifest and was refused above)
+    if out.exists():  # an interrupted run's .partial/ lives there: publish beside it, then move the files in
         staged = out.parent / f".{out.name}.publish"
         shutil.rmtree(staged, ignore_errors=True)
         atomic_publish_dir(build, staged)
@@ -142,7 +164,6 @@ def _publish(encoder, root: Path, out: Path, partial: Path, n_chunks: int) -> di
         shutil.rmtree(staged, ignore_errors=True)
     else:
         atomic_publish_dir(build, out)
-    return manifest
 
 
 def read_embeddings(out: str | Path) -> tuple[np.ndarray, list[dict], dict]:

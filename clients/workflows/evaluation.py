@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from serving import paths
 from serving.contract.atomic import atomic_write_json
 from serving.contract.encoder import OnnxEncoder
 from serving.contract.sources import ImageSet
-from serving.contract.splits import labelled_splits
+from serving.contract.splits import check_labelled, labelled_splits
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,9 @@ class SplitConfig:
     def protocol(self, n_train: int, n_test: int) -> dict:
         """What was measured, for the report: the standard protocol or a named subset of it."""
         standard = self.max_train is None and self.max_test is None
-        return {"protocol": "standard" if standard else "subset", "data": self.data, "n_train": n_train,
-                "n_test": n_test, "k": [self.k, metrics.EXTRA_K], "temperature": metrics.DEFAULT_TEMPERATURE}
+        return {"protocol": "standard" if standard else "subset", "data": self.data, "data_root": self.data_root,
+                "labels": self.labels, "n_train": n_train, "n_test": n_test, "k": [self.k, metrics.EXTRA_K],
+                "temperature": metrics.DEFAULT_TEMPERATURE}
 
 
 def onnx_embedder(encoder: OnnxEncoder, batch: int = 256):
@@ -143,17 +145,27 @@ def fit_probe(cfg: ProbeConfig) -> dict:
     return report
 
 
-# ---------------------------------------------------------------------------------------------- retrain gate
+# ---------------------------------------------------------------------------------------------- retrain gates
+# Two gates, one report shape (``gate``: which ran, both encoders' figures, ``thresholds``, ``accepted``, ``reasons``):
+# with labels the user gives (``--eval-data``: a data set, a labelled folder, a path,label CSV), and without — the
+# default — health figures on a fixed sample of the user's own images. Never Fashion-MNIST unless asked for.
 @dataclass
 class GateConfig(SplitConfig):
-    """The retrain gate: both bundles scored on one fixed labelled set; accept unless worse by > ``tolerance``."""
+    """The labelled gate: both bundles scored on one fixed labelled set (a data set's own splits, or a seeded 80/20
+    split of a labelled folder / ``path,label`` CSV); rejected when kNN or probe accuracy is lower than the current
+    encoder's by more than ``tolerance``."""
 
     tolerance: float = 0.01
+
+    def check(self) -> None:
+        """Fail before any training when the labelled data cannot work (one clear error naming it)."""
+        check_labelled(self.data, self.labels, self.data_root)
 
 
 def gate(candidate_dir: Path, current_dir: Path, cfg: GateConfig) -> dict:
     """kNN and linear-probe accuracy of both bundles through ONNX Runtime on the same pixels; the verdict."""
-    report: dict = {"eval_data": cfg.data, "tolerance": cfg.tolerance}
+    report: dict = {"gate": "labelled", "eval_data": cfg.labels or cfg.data, "tolerance": cfg.tolerance,
+                    "thresholds": {"tolerance": cfg.tolerance}}
     sets: dict[int, tuple] = {}  # input size → the (train, test) splits, read once for both bundles
     for name, bundle in (("current", current_dir), ("candidate", candidate_dir)):
         enc = OnnxEncoder(bundle)
@@ -171,17 +183,17 @@ def gate(candidate_dir: Path, current_dir: Path, cfg: GateConfig) -> dict:
     return report
 
 
-# ---------------------------------------------------------------------------------------------- label-free gate
 @dataclass
 class LabelFreeGateConfig:
-    """The gate for a user's data without labels: a fixed sample of their images, health figures of both encoders
-    (``index.metrics.label_free`` + neighbour agreement), and thresholds relative to the current encoder.
+    """The gate for a user's data without labels: a fixed seeded sample of their images, health figures of both
+    encoders (``index.metrics.label_free`` + neighbour agreement), and thresholds relative to the current encoder.
 
     A candidate is rejected when it is collapsing (embedding std or effective rank below ``min_ratio`` × the
     current's), when its vectors crowd together (uniformity above ``max_uniformity_ratio`` × the current's — both
     are negative, 0 means collapsed), when views of one image drift apart (alignment above ``max_alignment_ratio``
-    × the current's + 0.05), or when it keeps almost none of the current encoder's neighbourhoods (agreement of the
-    10 nearest neighbours below ``min_agreement``; two unrelated embeddings share ~10/N of them).
+    × the current's + ``alignment_slack``), or when it keeps almost none of the current encoder's neighbourhoods
+    (agreement of the 10 nearest neighbours below ``min_agreement``; two unrelated embeddings share ~10/N of them).
+    The ratios are loose on purpose: a retrain is meant to change the encoder; the gate stops a broken one.
     """
 
     sample: int = 1000
@@ -189,53 +201,87 @@ class LabelFreeGateConfig:
     min_ratio: float = 0.5
     max_uniformity_ratio: float = 0.5
     max_alignment_ratio: float = 2.0
+    alignment_slack: float = 0.05
     min_agreement: float = 0.1
+
+    MIN_IMAGES = 20  # fewer readable images make every figure noise
+
+
+def second_view(img, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A second view of a decoded image (PIL): a random-resized crop (30–100 % of the area) and a coin-flip mirror,
+    at ``size`` — enough to see whether an encoder keeps views of one image together, torch-free."""
+    from PIL import Image, ImageOps
+
+    w, h = img.size
+    scale, ratio = rng.uniform(0.3, 1.0), np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+    cw, ch = min(w, np.sqrt(scale * w * h * ratio)), min(h, np.sqrt(scale * w * h / ratio))
+    x0, y0 = rng.uniform(0, w - cw), rng.uniform(0, h - ch)
+    view = img.resize((size, size), Image.Resampling.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch))
+    return np.asarray(ImageOps.mirror(view) if rng.random() < 0.5 else view)
 
 
 def second_views(images: list, size: int, seed: int = 0) -> np.ndarray:
-    """A second view of each decoded image (PIL): a seeded random-resized crop (30–100 % of the area) and a coin-flip
-    mirror, at ``size`` — enough to see whether an encoder keeps views of one image together, torch-free."""
-    from PIL import Image, ImageOps
-
+    """:func:`second_view` of each image, seeded: the same images and seed give the same views."""
     rng = np.random.default_rng(seed)
-    out = np.empty((len(images), size, size, 3), np.uint8)
-    for i, img in enumerate(images):
-        w, h = img.size
-        scale, ratio = rng.uniform(0.3, 1.0), np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
-        cw, ch = min(w, np.sqrt(scale * w * h * ratio)), min(h, np.sqrt(scale * w * h / ratio))
-        x0, y0 = rng.uniform(0, w - cw), rng.uniform(0, h - ch)
-        view = img.resize((size, size), Image.Resampling.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch))
-        out[i] = np.asarray(ImageOps.mirror(view) if rng.random() < 0.5 else view)
-    return out
+    return np.stack([second_view(img, size, rng) for img in images]) if images else np.zeros((0, size, size, 3),
+                                                                                             np.uint8)
 
 
-def label_free_gate(candidate_dir: Path, current_dir: Path, files: list[Path], cfg: LabelFreeGateConfig) -> dict:
-    """Health of both bundles on the same sample of the user's images, and the verdict (see the config)."""
+ProbeItem = Path | np.ndarray  # an image file, or decoded uint8 [H, W, 3] pixels (a data set's item)
+
+
+def _probe_pixels(items: Sequence[ProbeItem], sizes: set[int], seed: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Each readable item → (model input, second view) at every input size, decoded one at a time (full-resolution
+    photos never pile up in memory); unreadable files are counted and skipped."""
+    from PIL import Image
+
     from serving.contract.image import ImageError, decode, fit
 
-    decoded = []
-    for f in files[: cfg.sample]:
+    firsts: dict[int, list] = {s: [] for s in sizes}
+    views: dict[int, list] = {s: [] for s in sizes}
+    rngs = {s: np.random.default_rng(seed) for s in sizes}
+    skipped = 0
+    for item in items:
         try:
-            decoded.append(decode(f.read_bytes()))
+            img = Image.fromarray(item) if isinstance(item, np.ndarray) else decode(Path(item).read_bytes())
         except (ImageError, OSError):
+            skipped += 1
             continue
-    if len(decoded) < 20:
-        raise ValueError(f"the label-free gate needs at least 20 readable images, found {len(decoded)}")
-    report: dict = {"gate": "label-free", "n_images": len(decoded), "thresholds": vars(cfg)}
+        for s in sizes:
+            firsts[s].append(fit(img, s))
+            views[s].append(second_view(img, s, rngs[s]))
+    if skipped:
+        log.info("label-free gate: %d unreadable probe image(s) skipped", skipped)
+    return {s: (np.stack(firsts[s]), np.stack(views[s])) for s in sizes if firsts[s]}
+
+
+def label_free_gate(candidate_dir: Path, current_dir: Path, images: Sequence[ProbeItem], cfg: LabelFreeGateConfig,
+                    source: str = "") -> dict:
+    """Health of both bundles on the same seeded sample (``cfg.sample``) of ``images`` — the user's files or
+    decoded pixels — and the verdict (see :class:`LabelFreeGateConfig`). ``source`` says, for the report, where
+    the images came from."""
+    rng = np.random.default_rng(cfg.seed)
+    picked = [images[i] for i in np.sort(rng.permutation(len(images))[: cfg.sample])]
+    encoders = {"current": OnnxEncoder(current_dir), "candidate": OnnxEncoder(candidate_dir)}
+    pixels = _probe_pixels(picked, {e.input_size for e in encoders.values()}, cfg.seed)
+    n = len(next(iter(pixels.values()))[0]) if pixels else 0
+    if n < cfg.MIN_IMAGES:
+        raise ValueError(f"the label-free gate needs at least {cfg.MIN_IMAGES} readable images, found {n} "
+                         f"(give more new images, or labelled data with --eval-data)")
+    report: dict = {"gate": "label-free", "n_images": n, "sample_from": source or f"{len(images)} images",
+                    "thresholds": {k: v for k, v in vars(cfg).items()}}
     vectors = {}
-    for name, bundle in (("current", current_dir), ("candidate", candidate_dir)):
-        enc = OnnxEncoder(bundle)
-        x = enc.embed_many(np.stack([fit(img, enc.input_size) for img in decoded]))
-        vectors[name] = x
-        report[name] = {"version": enc.version,
-                        **metrics.label_free(x, enc.embed_many(second_views(decoded, enc.input_size, cfg.seed)))}
+    for name, enc in encoders.items():
+        x, views = pixels[enc.input_size]
+        vectors[name] = enc.embed_many(x)
+        report[name] = {"version": enc.version, **metrics.label_free(vectors[name], enc.embed_many(views))}
     cur, cand = report["current"], report["candidate"]
-    report["candidate"]["neighbour_agreement"] = metrics.neighbour_agreement(vectors["current"], vectors["candidate"])
+    cand["neighbour_agreement"] = metrics.neighbour_agreement(vectors["current"], vectors["candidate"])
     checks = [
         ("embedding_std", cand["embedding_std"] >= cfg.min_ratio * cur["embedding_std"]),
         ("effective_rank", cand["effective_rank"] >= cfg.min_ratio * cur["effective_rank"]),
         ("uniformity", cand["uniformity"] <= cfg.max_uniformity_ratio * cur["uniformity"]),
-        ("alignment", cand["alignment"] <= cfg.max_alignment_ratio * cur["alignment"] + 0.05),
+        ("alignment", cand["alignment"] <= cfg.max_alignment_ratio * cur["alignment"] + cfg.alignment_slack),
         ("neighbour_agreement", cand["neighbour_agreement"] >= cfg.min_agreement),
     ]
     report["reasons"] = [f"{name}: candidate {cand[name]:.4g} vs current {cur.get(name, float('nan')):.4g}"

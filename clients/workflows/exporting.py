@@ -51,6 +51,13 @@ def parity_inputs(spec: str | None, data_root: str | None, n: int, size: int) ->
     return {"parity_files": files}
 
 
+def trained_folder(meta: dict) -> str | None:
+    """The folder the encoder was trained on, when it still exists: its images are the natural parity check (a
+    folder-trained encoder checked on Fashion-MNIST would prove parity on pixels it never serves)."""
+    source = ((meta.get("config") or {}).get("data") or {}).get("source")
+    return source if source and not dataset_name(source) and Path(source).is_dir() else None
+
+
 def with_eval_report(meta: dict, eval_file: Path) -> dict:
     """Carry ``byol eval``'s report (trained vs random-init vs raw pixels), when the run has one, into the
     manifest's metrics: the bundle then says how good it is, and ``byol probe fit`` prints the random-init
@@ -93,7 +100,8 @@ def export(cfg: ExportConfig) -> dict:
     encoder, meta = load_encoder(cfg.encoder)
     meta = with_eval_report(meta, Path(cfg.encoder).parent / "eval.json")
     kwargs = dict(meta=meta, fp16=cfg.fp16, atol=cfg.atol, min_cosine=cfg.min_cosine,
-                  **parity_inputs(cfg.parity_data, cfg.data_root, cfg.parity_n, encoder.cfg.input_size))
+                  **parity_inputs(cfg.parity_data or trained_folder(meta), cfg.data_root, cfg.parity_n,
+                                  encoder.cfg.input_size))
     if cfg.out is not None:
         out, manifest = cfg.out, export_bundle(encoder, cfg.out, **kwargs)
     else:

@@ -5,6 +5,11 @@ A build is three stages, each testable alone (clip-retrieval style):
   encoder (:func:`embed_chunks`: ONNX Runtime in batches, one ``.npy`` per chunk under a *partial* directory keyed
            by model version + data, so a rerun after a kill skips the finished chunks),
   writer  (``index.writes.publish``: items recorded in the collection, the index published complete or not at all).
+
+Files from folders are indexed as ``folder:<root>/<relative path>`` URIs (the root registered in the collection,
+``index.collection``), so metadata — and the public ``/search`` — never holds a path of the server's disk.
+``--from-embeddings`` skips the reader and encoder stages (an ``embed-folder`` output holds the vectors);
+:func:`export` writes an index back out in that same layout.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from index import writes
-from index.collection import Collection
+from index.collection import FOLDER_PREFIX, Collection
 from index.durable import DurableIndex
 from index.errors import IndexStoreError
 from index.vector_index import VectorIndex
@@ -32,6 +37,7 @@ from serving.contract.image import ImageError, load
 from serving.contract.sources import (
     ImageSet,
     SourceError,
+    dataset_name,
     iter_image_files,
     load_source,
     read_files,
@@ -145,13 +151,16 @@ def build_index(vectors: np.ndarray, metadata: list[dict], encoder_version: str,
 # ---------------------------------------------------------------------------------------------- workflows
 @dataclass
 class BuildConfig:
-    """``byol index build``: which encoder, which images (a source, or ``from_collection``), how."""
+    """``byol index build``: which encoder, which images (a source, ``from_collection``, or the vectors of an
+    ``embed-folder`` output ``from_embeddings`` whose files live under ``root``), how."""
 
     model: str = "latest"
     data: str = "fashion-mnist"
     data_root: str | None = None
     split: str = "train"
     from_collection: bool = False
+    from_embeddings: str | None = None
+    root: str | None = None  # from_embeddings: the embedded folder on this machine (default: its manifest's)
     limit: int | None = None
     factory: str = "auto"
     batch: int = 256
@@ -162,12 +171,16 @@ class BuildConfig:
 
 def build(cfg: BuildConfig) -> dict:
     """Embed a source (resumably) and publish the index of that encoder version; returns what was built."""
+    if cfg.from_embeddings is not None:
+        return build_from_embeddings(cfg)
     encoder = open_encoder(cfg.model)
     store = collection()
     if cfg.from_collection:
         images = read_items(store.items(), encoder.input_size, store, cfg.data_root)
     else:
         images = read_images(cfg.data, cfg.split, encoder.input_size, cfg.data_root, cfg.limit)
+        if not dataset_name(cfg.data):  # a folder: its files become folder:<root>/<relative path> URIs
+            images.uris = store.folder_uris(images.uris, root=cfg.data)
     if images.skipped:
         log.warning("%d unreadable image(s) skipped", images.skipped)
     work = partial_dir(encoder.version, images, cfg.chunk)
@@ -177,7 +190,7 @@ def build(cfg: BuildConfig) -> dict:
     writes.publish(index, target, store, force=cfg.force, record=not cfg.from_collection)
     shutil.rmtree(work, ignore_errors=True)
     return {"version": encoder.version, "size": len(index), "factory": index.factory, "dim": index.dim,
-            "path": str(target), "chunks_computed": computed, "skipped": images.skipped}
+            "path": str(target), "chunks_computed": computed, "skipped": images.skipped, "tuning": index.tuning}
 
 
 @dataclass
@@ -193,22 +206,113 @@ class AddConfig:
 def add(cfg: AddConfig) -> dict:
     """Embed files and add them (collection first, then the index's log); returns the new ids."""
     encoder = open_encoder(cfg.model)
-    files = [f for p in cfg.paths for f in iter_image_files(p)]
-    if not files:
+    root_of = {f: (p if Path(p).is_dir() else None) for p in cfg.paths for f in iter_image_files(p)}
+    if not root_of:
         raise SourceError(f"no image files in {' '.join(cfg.paths)}")
-    images, _ = read_files(files, encoder.input_size)
+    images, kept = read_files(list(root_of), encoder.input_size)
     if not len(images):
-        raise ImageError(f"none of the {len(files)} file(s) is a readable image")
+        raise ImageError(f"none of the {len(root_of)} file(s) is a readable image")
     directory = paths.index_dir(encoder.version)
     if not DurableIndex.exists(directory):
         raise IndexStoreError(f"no index for encoder {encoder.version}; run 'byol index build --model "
                               f"{cfg.model}' first")
+    store = collection()
+    by_root: dict[str | None, list[Path]] = {}
+    for f in kept:  # a folder argument is its files' root; a lone file joins the root holding it (or its folder)
+        by_root.setdefault(root_of[f], []).append(f)
+    uri_of = {f: u for root, fs in by_root.items() for f, u in zip(fs, store.folder_uris(fs, root), strict=True)}
     vectors = encoder.embed_many(images.images, cfg.batch)
-    metas = [{"uri": u, **({"label": cfg.label} if cfg.label else {})} for u in images.uris]
+    metas = [{"uri": uri_of[f], **({"label": cfg.label} if cfg.label else {})} for f in kept]
     with DurableIndex.open(directory, encoder_version=encoder.version) as durable:
-        ids = writes.add(durable, collection(), vectors, metas, encoder.version)
+        ids = writes.add(durable, store, vectors, metas, encoder.version)
         total = len(durable)
     return {"version": encoder.version, "ids": [int(i) for i in ids], "skipped": images.skipped, "size": total}
+
+
+def build_from_embeddings(cfg: BuildConfig) -> dict:
+    """Index an ``embed-folder`` output as it is (no re-embedding): its encoder version must be the model's; its
+    metadata rows (relative path, width, height, sha256) become the items' metadata, keyed by ``folder:`` URIs
+    under the embedded folder (``cfg.root``, default the one its manifest names), registered as a root."""
+    from clients.workflows.embedding import read_embeddings
+
+    vectors, rows, manifest = read_embeddings(cfg.from_embeddings)
+    encoder = open_encoder(cfg.model)
+    if manifest["encoder_version"] != encoder.version:
+        raise IndexStoreError(f"{cfg.from_embeddings} was embedded with encoder {manifest['encoder_version']}, but "
+                              f"--model {cfg.model} is {encoder.version}: pass --model {manifest['encoder_version']} "
+                              "or embed the folder again with this model")
+    if vectors.shape[1] != encoder.dim:
+        raise IndexStoreError(f"{cfg.from_embeddings} holds {vectors.shape[1]}-d vectors, the model {encoder.dim}-d")
+    root = Path(cfg.root or manifest["folder"])
+    if not root.is_dir():
+        log.warning("the embedded folder %s is not on this machine: search works, thumbnails and rebuilds need "
+                    "the files (pass --root where they live)", root)
+    store = collection()
+    name = store.register_root(root)
+    uris = [f"{FOLDER_PREFIX}{name}/{r['path']}" for r in rows]  # embed-folder's paths are relative to the folder
+    keep = ("path", "width", "height", "sha256")
+    metadata = [{"uri": u, **{k: r[k] for k in keep if r.get(k) is not None}} for u, r in zip(uris, rows, strict=True)]
+    index = build_index(np.asarray(vectors, dtype=np.float32), metadata, encoder.version, cfg.factory)
+    target = paths.index_dir(encoder.version)
+    writes.publish(index, target, store, force=cfg.force)
+    return {"version": encoder.version, "size": len(index), "factory": index.factory, "dim": index.dim,
+            "path": str(target), "tuning": index.tuning, "chunks_computed": 0,
+            "skipped": len(manifest.get("skipped", [])),
+            "from_embeddings": str(cfg.from_embeddings)}
+
+
+@dataclass
+class ExportConfig:
+    """``byol index export``: a served index's vectors + metadata in the ``embed-folder`` layout."""
+
+    out: str
+    model: str = "latest"
+    block: int = 65536  # vectors read from FAISS at a time
+
+
+def export(cfg: ExportConfig) -> dict:
+    """Write the index of ``cfg.model``'s version (log replayed: what a server would serve) to ``cfg.out`` as
+    ``embeddings.npy`` (unit rows; approximate for PQ indexes) + ``metadata.parquet`` (id, uri, path, label,
+    width, height, sha256) + ``manifest.json``; returns the manifest."""
+    import pyarrow as pa
+
+    from clients.workflows.embedding import EMBEDDINGS, METADATA, write_embeddings
+    from index.chooser import parse_factory
+    from index.vector_index import normalize
+    from serving.contract.bundle import read_bundle
+    from serving.store import bundle_path
+
+    _, bundle = read_bundle(bundle_path(cfg.model))
+    directory = paths.index_dir(bundle.version)
+    if not DurableIndex.exists(directory):
+        raise IndexStoreError(f"no index for encoder {bundle.version}; run 'byol index build --model "
+                              f"{cfg.model}' first")
+    with DurableIndex.open(directory, encoder_version=bundle.version, read_only=True) as durable:
+        items = sorted(durable.items())
+        ids = np.array([i for i, _ in items], dtype=np.int64)
+        metas = [m for _, m in items]
+        blocks = (normalize(durable.vectors(ids[lo:lo + cfg.block]), durable.dim)
+                  for lo in range(0, len(ids), cfg.block))
+        table = pa.table({
+            "id": pa.array(ids, pa.int64()), "uri": [m.get("uri") for m in metas],
+            "path": [m.get("path") or _relative_path(m.get("uri")) for m in metas],
+            "label": [None if m.get("label") is None else str(m["label"]) for m in metas],
+            "width": pa.array([m.get("width") for m in metas], pa.int32()),
+            "height": pa.array([m.get("height") for m in metas], pa.int32()),
+            "sha256": [m.get("sha256") for m in metas]})
+        manifest = {"encoder_version": bundle.version, "dim": durable.dim, "input_size": bundle.input_size,
+                    "count": len(ids), "factory": durable.factory,
+                    "exact": parse_factory(durable.factory).ivf_storage != "PQ", "source": "index",
+                    "normalized": True, "files": {"embeddings": EMBEDDINGS, "metadata": METADATA}}
+        write_embeddings(Path(cfg.out), blocks, len(ids), durable.dim, table, manifest)
+    return {**manifest, "out": str(cfg.out)}
+
+
+def _relative_path(uri: str | None) -> str | None:
+    """The path inside its folder root of a ``folder:`` URI (None for other kinds: uploads, data set items)."""
+    if not uri or not uri.startswith(FOLDER_PREFIX):
+        return None
+    return uri[len(FOLDER_PREFIX):].partition("/")[2] or None
 
 
 @dataclass
@@ -219,6 +323,7 @@ class SearchConfig:
     k: int = 10
     model: str = "latest"
     grid: str | None = None
+    columns: int = 5  # neighbours per row of the grid
 
 
 def search(cfg: SearchConfig) -> dict:
@@ -236,8 +341,12 @@ def search(cfg: SearchConfig) -> dict:
     index = DurableIndex.open(directory, encoder_version=encoder.version, read_only=True)
     hits = index.search(encoder.embed(query[None]), cfg.k, encoder.version)[0]
     if cfg.grid:
-        png = grid_png(query, [(_picture(h.metadata.get("uri"), encoder.input_size), f"{h.score:.3f}")
-                               for h in hits])
+        from clients.workflows.grid import Tile, grid_png
+
+        tiles = [Tile(_picture(h.metadata.get("uri"), encoder.input_size), f"#{rank}  score {h.score:.3f}",
+                      f"{h.metadata.get('label', 'no label')} · id {h.id}") for rank, h in enumerate(hits, 1)]
+        png = grid_png(Tile(query, "query", Path(cfg.image).name), tiles,
+                       f"{len(hits)} nearest neighbours · encoder {encoder.version}", cfg.columns)
         atomic_write(cfg.grid, lambda tmp: Path(tmp).write_bytes(png))
     return {"version": encoder.version, "hits": hits, "grid": cfg.grid}
 
@@ -249,22 +358,3 @@ def _picture(uri: str | None, size: int) -> np.ndarray | None:
     except (ValueError, OSError) as exc:
         log.warning("no picture for %s: %s", uri, exc)
         return None
-
-
-def grid_png(query: np.ndarray, neighbours: list[tuple[np.ndarray | None, str]], cell: int = 96) -> bytes:
-    """One row: the query then each neighbour with its score; missing images are grey."""
-    from PIL import Image, ImageDraw
-
-    pad = 14
-    canvas = Image.new("RGB", ((len(neighbours) + 1) * (cell + 4) + 4, cell + pad + 8), "white")
-    draw = ImageDraw.Draw(canvas)
-    tiles = [(query, "query")] + neighbours
-    for j, (pixels, caption) in enumerate(tiles):
-        tile = Image.new("RGB", (cell, cell), (160, 160, 160)) if pixels is None else \
-            Image.fromarray(pixels).resize((cell, cell), Image.Resampling.NEAREST)
-        x = 4 + j * (cell + 4)
-        canvas.paste(tile, (x, 4))
-        draw.text((x, cell + 6), caption, fill=(200, 0, 0) if j == 0 else (0, 0, 0))
-    buf = io.BytesIO()
-    canvas.save(buf, format="PNG")
-    return buf.getvalue()

@@ -195,7 +195,11 @@ def decode_each(entries: Iterable[T], read: Callable[[T], np.ndarray], limit: in
 
 
 def read_files(files: Iterable[Path], size: int, limit: int | None = None) -> tuple[ImageSet, list[Path]]:
-    """Decode image files to ``size`` (unreadable ones skipped and counted): the set, and the files it holds."""
+    """Decode image files to ``size`` (unreadable ones skipped and counted): the set, and the files it holds.
+
+    The set's ``uris`` are the files' absolute paths on this machine: fine for training and evaluation, never for
+    an index — what gets indexed is turned into ``folder:<root>/<relative path>`` first
+    (``index.collection.Collection.folder_uris``), so no answer shows a server path."""
     pixels, kept, skipped = decode_each(files, lambda f: load(Path(f).read_bytes(), size), limit)
     images = np.stack(pixels) if pixels else np.zeros((0, size, size, 3), np.uint8)
     return ImageSet(images, uris=[str(Path(f).resolve()) for f in kept], skipped=skipped), kept
@@ -256,6 +260,11 @@ def load_source(spec: str, split: str = "train", size: int | None = None, labels
 
 # ----------------------------------------------------------------------------------------------------------
 # Collection URIs → pixels (dataset items by index; everything else through the collection's bytes)
+#
+# Every URI kind an index holds resolves here: ``fashion-mnist:<split>/<i>`` / ``cifar10:<split>/<i>`` (dataset
+# pixels), and through ``collection.read_bytes`` ``sha256:<hex>`` (uploads kept in the collection),
+# ``folder:<root>/<relative path>`` (a file under a folder root registered in the collection's ``roots.json``) and
+# the absolute paths / ``file://`` URIs that older installs recorded.
 
 
 DATASET_URI = re.compile(r"^(fashion-mnist|cifar10):(train|test)/(\d+)$")
@@ -280,7 +289,8 @@ def _dataset_pixels(uri: str, data_root: str | None) -> np.ndarray | None:
 
 
 def read_uri(uri: str, size: int, collection, data_root: str | None = None) -> np.ndarray:
-    """A collection item as model input ``uint8 [size, size, 3]`` (raises ``ValueError``s naming the URI)."""
+    """A collection item (any URI kind above) as model input ``uint8 [size, size, 3]`` (raises ``ValueError``s
+    naming the URI)."""
     pixels = _dataset_pixels(uri, data_root)
     if pixels is None:
         return load(collection.read_bytes(uri), size)
@@ -288,7 +298,8 @@ def read_uri(uri: str, size: int, collection, data_root: str | None = None) -> n
 
 
 def read_uri_bytes(uri: str, collection, data_root: str | None = None) -> bytes:
-    """A collection item's encoded bytes (dataset items encoded as PNG)."""
+    """A collection item's encoded bytes, for any URI kind above (dataset items encoded as PNG): what a thumbnail
+    or a rebuild reads. Raises ``ValueError``s (``CollectionError`` / ``SourceError``) naming the URI only."""
     pixels = _dataset_pixels(uri, data_root)
     return collection.read_bytes(uri) if pixels is None else encode_png(pixels)
 

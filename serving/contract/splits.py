@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.contract.image import load
-from serving.contract.sources import ImageSet, SourceError, dataset_name, decode_each, load_source
+from serving.contract.image import decode, load
+from serving.contract.sources import ImageSet, SourceError, dataset_name, decode_each, iter_image_files, load_source
 
 HOLDOUT_FRACTION = 0.2  # of a labelled folder or CSV, held out as its test split
 
@@ -39,28 +39,80 @@ def subsample(data: ImageSet, n: int | None, seed: int) -> ImageSet:
     return data.subset(np.sort(np.random.default_rng(seed).permutation(len(data))[:n]))
 
 
-def read_labels_csv(path: str | Path, size: int) -> ImageSet:
-    """``path,label`` rows (header optional; relative paths are relative to the CSV) → a labelled ImageSet."""
-    path = Path(path)
+def _csv_entries(path: Path) -> list[tuple[Path, str]]:
+    """``path,label`` rows (header optional; relative paths are relative to the CSV); every file must exist."""
     try:
         rows = list(csv.reader(path.open(newline="")))
     except OSError as exc:
         raise SourceError(f"cannot read labels file {path}: {exc.strerror}") from None
-    if rows and rows[0][:2] == ["path", "label"]:
-        rows = rows[1:]
-    for n, row in enumerate(rows, 1):
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise SourceError(f"{path} is not a path,label CSV: {exc}") from None
+    first = 2 if rows and rows[0][:2] == ["path", "label"] else 1
+    numbered = [(n, r) for n, r in enumerate(rows[first - 1:], first) if any(c.strip() for c in r)]  # no blanks
+    for n, row in numbered:
         if len(row) < 2:
             raise SourceError(f"{path}:{n}: expected 'path,label', got {row!r}")
+    rows = [r for _, r in numbered]
+    if not rows:
+        raise SourceError(f"{path}: no path,label rows")
     entries = [(Path(r[0]) if Path(r[0]).is_absolute() else path.parent / r[0], r[1].strip()) for r in rows]
     missing = [str(f) for f, _ in entries if not f.is_file()]
     if missing:  # a typo in a labels file is an error, not a silently smaller evaluation
         raise SourceError(f"{path}: {len(missing)} listed file(s) do not exist, e.g. {missing[0]}")
+    return entries
+
+
+def read_labels_csv(path: str | Path, size: int) -> ImageSet:
+    """``path,label`` rows (header optional; relative paths are relative to the CSV) → a labelled ImageSet."""
+    path = Path(path)
+    entries = _csv_entries(path)
     pixels, kept, skipped = decode_each(entries, lambda e: load(e[0].read_bytes(), size))
     if not pixels:
         raise SourceError(f"{path}: no readable labelled images")
     classes = sorted({name for _, name in kept})
     labels = np.array([classes.index(name) for _, name in kept], dtype=np.int64)
     return ImageSet(np.stack(pixels), labels, classes, [str(f.resolve()) for f, _ in kept], skipped)
+
+
+def _first_readable(files: list[Path], where: str) -> None:
+    """Decode files until one reads (quietly: this is a check, the real read reports skips)."""
+    for f in files:
+        try:
+            decode(f.read_bytes())
+            return
+        except (ValueError, OSError):
+            continue
+    raise SourceError(f"{where}: none of the {len(files)} image file(s) could be read")
+
+
+def check_labelled(spec: str, labels_csv: str | None = None, data_root: str | None = None) -> None:
+    """Fail fast — before minutes of training — when ``labelled_splits`` could not work: a missing path, an empty
+    folder, a folder without class sub-folders or without one readable image, a CSV naming missing files. Cheap:
+    it decodes only until the first image reads. Raises one :class:`SourceError` naming the problem."""
+    if labels_csv:
+        entries = _csv_entries(Path(labels_csv))
+        if len({label for _, label in entries}) < 2:
+            raise SourceError(f"{labels_csv}: need at least 2 labels to evaluate, found "
+                              f"{len({label for _, label in entries})}")
+        _first_readable([f for f, _ in entries], str(labels_csv))
+        return
+    if dataset_name(spec):
+        load_source(spec, "test", data_root=data_root)  # raises when the data set's files are not there
+        return
+    root = Path(spec)
+    if not root.exists():
+        raise SourceError(f"labelled data not found: {spec} (a data set name, a folder with one sub-folder per "
+                          "class, or a path,label CSV)")
+    if root.is_file():
+        raise SourceError(f"{spec}: labelled data is a folder of class sub-folders or a .csv of path,label rows")
+    files = list(iter_image_files(root))
+    if not files:
+        raise SourceError(f"no image files under {root}")
+    classes = {f.relative_to(root).parts[0] for f in files if len(f.relative_to(root).parts) > 1}
+    if len(classes) < 2:
+        raise SourceError(f"{root}: a labelled folder needs one sub-folder of images per class (at least 2), "
+                          f"found {len(classes)}")
+    _first_readable(files, str(root))
 
 
 def labelled_splits(spec: str, size: int, data_root: str | None = None, labels_csv: str | None = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 
 import numpy as np
@@ -85,6 +86,38 @@ def test_add_search_remove_round_trip(live, files):
         assert (top["id"], top["metadata"]["label"]) == (new_id, "mine")
         assert c.remove([new_id]) == 1
         assert new_id not in [h["id"] for h in c.search(files[2], k=5)]
+
+
+def test_search_batch_search_by_id_and_thumbnail(live, files):
+    from PIL import Image
+
+    with EmbeddingClient(live["url"], token=TOKEN) as c:
+        ids = c.add(files, labels=["first", "second", "third", "fourth"])[:2]
+        batch = c.search_batch(files[:2], k=3)
+        assert [len(hits) for hits in batch] == [3, 3] and [hits[0]["id"] for hits in batch] == ids
+        near = c.search_by_id(ids[0], k=3)
+        by_image = [h for h in c.search(files[0], k=4) if h["id"] != ids[0]][:3]
+        assert [h["id"] for h in near] == [h["id"] for h in by_image] and c.version == live["version"]
+        png = c.thumbnail(ids[1])
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")),
+                                      np.asarray(Image.open(files[1]).convert("RGB")))
+        for call in (lambda: c.thumbnail(987654321), lambda: c.search_by_id(987654321)):
+            with pytest.raises(ClientError) as err:
+                call()
+            assert err.value.status == 404 and "no item 987654321" in err.value.message
+
+
+def test_async_client_new_endpoints(live, files):
+    async def run():
+        async with AsyncEmbeddingClient(live["url"], token=TOKEN) as c:
+            (item,) = await c.add([files[3]])
+            batch, near, png = await asyncio.gather(c.search_batch([files[3]], k=2), c.search_by_id(item, k=2),
+                                                    c.thumbnail(item))
+            return item, batch, near, png
+
+    item, batch, near, png = asyncio.run(run())
+    assert batch[0][0]["id"] == item and item not in [h["id"] for h in near] and len(near) == 2
+    assert png.startswith(b"\x89PNG")
 
 
 def test_classify_and_info(live, files):

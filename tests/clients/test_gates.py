@@ -50,6 +50,7 @@ def labelled_folder(tmp_path_factory, fmnist_test):
 
 
 def test_the_labelled_folder_gate_passes_a_sound_candidate_and_stops_a_collapsed_one(bundles, labelled_folder):
+    from clients import tables
     from clients.workflows.evaluation import GateConfig, gate
 
     cfg = GateConfig(data=str(labelled_folder), tolerance=0.02)
@@ -57,9 +58,23 @@ def test_the_labelled_folder_gate_passes_a_sound_candidate_and_stops_a_collapsed
     collapsed = gate(bundles["collapsed"], bundles["current"], cfg)
     assert sound["accepted"] and sound["settings"]["n_train"] + sound["settings"]["n_test"] == 300
     assert not collapsed["accepted"] and any(r.startswith("knn") for r in collapsed["reasons"])
+    text = tables.gate(collapsed)
+    assert text.startswith(f"labelled gate on {labelled_folder}") and "REJECTED" in text and "0.02" in text
+
+
+def test_the_csv_gate_reads_path_label_rows(bundles, labelled_folder, tmp_path):
+    from clients.workflows.evaluation import GateConfig, gate
+
+    rows = [f"{f},{f.parent.name}" for f in sorted(labelled_folder.rglob("*.png"))]
+    (tmp_path / "labels.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    cfg = GateConfig(data=str(tmp_path / "labels.csv"), labels=str(tmp_path / "labels.csv"), tolerance=0.02)
+    cfg.check()
+    sound, collapsed = (gate(bundles[n], bundles["current"], cfg) for n in ("sound", "collapsed"))
+    assert sound["accepted"] and not collapsed["accepted"] and sound["eval_data"] == str(tmp_path / "labels.csv")
 
 
 def test_the_label_free_gate_passes_a_sound_candidate_and_stops_a_collapsed_one(bundles, labelled_folder):
+    from clients import tables
     from clients.workflows.evaluation import LabelFreeGateConfig, label_free_gate
 
     files = sorted(labelled_folder.rglob("*.png"))
@@ -67,5 +82,19 @@ def test_the_label_free_gate_passes_a_sound_candidate_and_stops_a_collapsed_one(
     sound = label_free_gate(bundles["sound"], bundles["current"], files, cfg)
     collapsed = label_free_gate(bundles["collapsed"], bundles["current"], files, cfg)
     assert sound["accepted"], sound["reasons"]
+    assert sound["n_images"] == 200 and sound["gate"] == "label-free"
     assert not collapsed["accepted"] and {"embedding_std", "effective_rank", "uniformity"} <= {
         r.split(":")[0] for r in collapsed["reasons"]}
+    text = tables.gate(collapsed)
+    assert text.startswith("label-free gate on 200 of your images") and "thresholds:" in text and "REJECTED" in text
+
+
+def test_the_label_free_gate_takes_pixels_skips_broken_files_and_needs_enough_images(bundles, fmnist_test, tmp_path):
+    from clients.workflows.evaluation import LabelFreeGateConfig, label_free_gate
+
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    items = [tmp_path / "broken.png", *fmnist_test.images[:60]]
+    report = label_free_gate(bundles["sound"], bundles["current"], items, LabelFreeGateConfig(), "test pixels")
+    assert report["n_images"] == 60 and report["accepted"] and report["sample_from"] == "test pixels"
+    with pytest.raises(ValueError, match="at least 20 readable images, found 10"):
+        label_free_gate(bundles["sound"], bundles["current"], list(fmnist_test.images[:10]), LabelFreeGateConfig())

@@ -96,7 +96,9 @@ def test_index_add_appends_files_durably(built, registered_bundle, fmnist_test, 
     assert byol(["index", "add", "--model", registered_bundle, str(tmp_path), "--label", "mine"]) == 0
     index = open_index(built)
     uris = {index.metadata(i)["uri"] for i in range(N, N + 3)}
-    assert len(index) == N + 3 and uris == {str((tmp_path / f"x{i}.png").resolve()) for i in range(3)}
+    root = collection().register_root(tmp_path)  # the folder given is the root its files are named under
+    assert len(index) == N + 3 and uris == {f"folder:{root}/x{i}.png" for i in range(3)}
+    assert collection().read_bytes(f"folder:{root}/x1.png") == (tmp_path / "x1.png").read_bytes()
 
 
 def test_search_prints_neighbours_and_writes_a_grid(built, registered_bundle, fmnist_test, tmp_path, capsys):
@@ -130,3 +132,77 @@ def test_collection_rebuild_indexes_every_stored_item_for_a_new_version(built, t
     assert index.encoder_version == enc.version and enc.version != built.version
     uris = {index.metadata(i)["uri"] for i in range(len(expected) + 10) if index.metadata(i)}
     assert uris == expected and "fashion-mnist:test/3" not in uris
+
+
+def test_a_folder_build_stores_paths_relative_to_the_folder(fmnist_test, tmp_path):
+    from PIL import Image
+
+    from serving.store import register_bundle
+    from tests.conftest import make_bundle
+
+    (tmp_path / "shop" / "shoes").mkdir(parents=True)
+    for i in range(4):
+        Image.fromarray(fmnist_test.images[600 + i]).save(tmp_path / "shop" / "shoes" / f"s{i}.png")
+    tag = register_bundle(make_bundle(tmp_path / "b", seed=3))
+    assert byol(["index", "build", "--model", tag, "--data", str(tmp_path / "shop"), "--quiet"]) == 0
+    enc = OnnxEncoder(bundle_path(tag))
+    metas = [m for _, m in DurableIndex.open(paths.index_dir(enc.version), read_only=True).items()]
+    assert sorted(m["uri"] for m in metas) == [f"folder:shop/shoes/s{i}.png" for i in range(4)]
+    assert not any(str(tmp_path) in str(m) for m in metas)
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory, fmnist_test):
+    """A fresh model version and an embed-folder output of 30 images (nested, PNG + JPEG, one broken file)."""
+    from PIL import Image
+
+    from serving.store import register_bundle
+    from tests.conftest import make_bundle
+
+    root = tmp_path_factory.mktemp("emb")
+    folder = root / "catalogue"
+    for i in range(30):
+        sub = folder / ("tops" if i % 2 else "shoes/left")
+        sub.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(fmnist_test.images[700 + i]).resize((56, 56)).save(sub / f"{i:02d}.{'png' if i % 3 else 'jpg'}")
+    (folder / "tops" / "broken.png").write_bytes(b"not an image")
+    tag = register_bundle(make_bundle(root / "bundle", seed=2))
+    assert byol(["embed-folder", str(folder), "--out", str(root / "out"), "--model", tag, "--quiet"]) == 0
+    return {"tag": tag, "folder": folder, "out": root / "out", "encoder": OnnxEncoder(bundle_path(tag))}
+
+
+def test_an_index_built_from_embeddings_finds_each_file_by_its_relative_path(embedded, capsys):
+    from serving.contract.image import load
+
+    enc, folder = embedded["encoder"], embedded["folder"]
+    assert byol(["index", "build", "--from-embeddings", str(embedded["out"]), "--model", embedded["tag"]]) == 0
+    assert "vectors from" in capsys.readouterr().out
+    index = open_index(enc)
+    assert len(index) == 30
+    query = folder / "shoes" / "left" / "04.png"
+    hit = index.search(enc.embed(load(query.read_bytes(), enc.input_size)[None]), 1, enc.version)[0][0]
+    assert hit.metadata["path"] == "shoes/left/04.png" and hit.metadata["uri"] == "folder:catalogue/shoes/left/04.png"
+    assert hit.score > 0.999 and str(folder) not in str(hit.metadata)
+    assert collection().read_bytes(hit.metadata["uri"]) == query.read_bytes()  # thumbnails and rebuilds read it
+
+
+def test_embeddings_of_another_encoder_are_refused(embedded, registered_bundle, capsys):
+    code = byol(["index", "build", "--from-embeddings", str(embedded["out"]), "--model", registered_bundle])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and f"--model {embedded['encoder'].version}" in err[0]
+
+
+def test_index_export_writes_the_served_index_in_the_embed_folder_layout(embedded, tmp_path):
+    from clients.workflows.embedding import read_embeddings
+
+    if not DurableIndex.exists(paths.index_dir(embedded["encoder"].version)):
+        assert byol(["index", "build", "--from-embeddings", str(embedded["out"]), "--model", embedded["tag"]]) == 0
+    assert byol(["index", "export", "--model", embedded["tag"], "--out", str(tmp_path / "exp")]) == 0
+    vectors, rows, manifest = read_embeddings(tmp_path / "exp")
+    src_vectors, src_rows, _ = read_embeddings(embedded["out"])
+    assert manifest["encoder_version"] == embedded["encoder"].version and manifest["exact"]
+    by_path = {r["path"]: i for i, r in enumerate(rows)}
+    assert set(by_path) == {r["path"] for r in src_rows} and all(r["uri"].startswith("folder:") for r in rows)
+    order = [by_path[r["path"]] for r in src_rows]
+    np.testing.assert_allclose(vectors[order], src_vectors, atol=1e-5)
+    assert byol(["index", "export", "--model", embedded["tag"], "--out", str(tmp_path / "exp")]) != 0  # not overwritten

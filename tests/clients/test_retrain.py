@@ -29,7 +29,7 @@ TOKEN = "retrain-test-token"
 TINY = ["encoder.width=8", "heads.projector_hidden=32", "heads.out_dim=16", "heads.predictor_hidden=32",
         "train.batch_size=32", "train.max_minutes=none", "train.knn_every=0", "train.progress=false",
         "train.device=cpu", "optim.warmup_fraction=0.2"]
-EVAL = ["--eval-max-train", "500", "--eval-max-test", "300"]
+EVAL = ["--eval-data", "fashion-mnist", "--eval-max-train", "500", "--eval-max-test", "300"]  # the labelled gate
 
 
 def _write_pngs(folder: Path, images: np.ndarray) -> Path:
@@ -96,7 +96,7 @@ def test_kill9_during_retrain_leaves_served_version_and_next_run_recovers(deploy
     before_release = paths.release_file().read_text()
     before_index = _tree_digest(paths.index_dir(served))
     new = _write_pngs(tmp_path / "incoming", fmnist_test.images[1000:1040])
-    args = ["retrain", "--new-data", str(new), "--steps", "80", "--tolerance", "1.0", "--no-promote", *EVAL,
+    args = ["retrain", "--new-data", str(new), "--steps", "80", "--no-promote",
             *sum((["--set", o] for o in [*TINY, "train.checkpoint_every=2"]), [])]
     proc = subprocess.Popen([sys.executable, "-m", "clients.cli", *args], cwd=REPO, env=os.environ.copy(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -143,11 +143,13 @@ def test_retrain_gate_promote_and_hot_swap_without_errors(deployment, tmp_path, 
 
     try:
         new = _write_pngs(tmp_path / "incoming2", fmnist_test.images[2000:2040])
-        code = byol(["retrain", "--new-data", str(new), "--steps", "8", "--tolerance", "1.0", *EVAL,
-                     *sum((["--set", o] for o in TINY), [])])
+        code = byol(["retrain", "--new-data", str(new), "--steps", "8", *sum((["--set", o] for o in TINY), [])])
         assert code == 0
         new_version = json.loads(paths.release_file().read_text())["current"]
         assert new_version != old
+        report = json.loads((paths.reports_dir() / f"{new_version}.json").read_text())
+        assert report["gate"] == "label-free" and report["accepted"]  # no --eval-data: the user's images, no labels
+        assert report["sample_from"] == "40 new + 1000 earlier images" and report["n_images"] == 1000  # seeded pick
         assert httpx.get(server.url + "/info", timeout=10).json()["version"] == old  # promoted, not yet loaded
         # clients hammer the server while it loads the new encoder + index and swaps (what --url does)
         threads = [threading.Thread(target=loop, args=(r,)) for r in ("/embed", "/search")]
@@ -204,8 +206,7 @@ def test_kill_9_at_each_late_stage_then_the_rerun_promotes_the_same_candidate(de
 
     served = json.loads(paths.release_file().read_text())["current"]
     new = _write_pngs(tmp_path / "incoming4", fmnist_test.images[4000:4030])
-    args = ["retrain", "--new-data", str(new), "--steps", "4", "--tolerance", "1.0", *EVAL,
-            *sum((["--set", o] for o in TINY), [])]
+    args = ["retrain", "--new-data", str(new), "--steps", "4", *sum((["--set", o] for o in TINY), [])]
     version = None
     for point, match in [("replace", r"/runs/[^/]+/bundle/gate_report\.json$"),  # gated, not registered
                          ("rename", r"/indexes/\d{8}-\d{6}-[0-9a-f]{8}$")]:  # index published, not promoted

@@ -73,3 +73,73 @@ def test_removed_items_stay_out_until_added_again(tmp_path):
     assert [i.uri for i in store.items()] == ["b"]
     store.add([Item("a", "z")])
     assert [(i.uri, i.label) for i in store.items()] == [("b", "y"), ("a", "z")]
+
+
+# ---------------------------------------------------------------------------------------------- folder roots
+def test_folder_files_get_relative_uris_that_resolve_back_to_their_bytes(tmp_path):
+    photos = tmp_path / "srv" / "photos"
+    (photos / "a" / "b").mkdir(parents=True)
+    (photos / "a" / "b" / "x.png").write_bytes(png_bytes(2))
+    store = Collection(tmp_path / "collection")
+    [uri] = store.folder_uris([photos / "a" / "b" / "x.png"], root=photos)
+    assert uri == "folder:photos/a/b/x.png" and str(tmp_path) not in uri
+    assert Collection(tmp_path / "collection").read_bytes(uri) == png_bytes(2)  # a fresh object reads roots.json
+
+
+def test_two_folders_of_one_name_get_two_roots_and_a_known_folder_keeps_its_name(tmp_path):
+    store = Collection(tmp_path / "c")
+    first, second = tmp_path / "x" / "photos", tmp_path / "y" / "photos"
+    first.mkdir(parents=True)
+    second.mkdir(parents=True)
+    assert [store.register_root(first), store.register_root(second), store.register_root(first)] == \
+        ["photos", "photos-2", "photos"]
+    assert store.roots() == {"photos": first.resolve(), "photos-2": second.resolve()}
+
+
+def test_a_lone_file_joins_the_root_holding_it_or_registers_its_own_folder(tmp_path):
+    (tmp_path / "photos" / "sub").mkdir(parents=True)
+    (tmp_path / "loose").mkdir()
+    store = Collection(tmp_path / "c")
+    store.register_root(tmp_path / "photos")
+    got = store.folder_uris([tmp_path / "photos" / "sub" / "y.png", tmp_path / "loose" / "z.png"])
+    assert got == ["folder:photos/sub/y.png", "folder:loose/z.png"]
+
+
+def test_a_moved_folder_is_one_registration_not_a_reindex(tmp_path):
+    old, new = tmp_path / "old" / "photos", tmp_path / "new" / "pics"
+    old.mkdir(parents=True)
+    (old / "x.png").write_bytes(png_bytes(3))
+    store = Collection(tmp_path / "c")
+    [uri] = store.folder_uris([old / "x.png"], root=old)
+    old.rename(tmp_path / "gone")
+    with pytest.raises(CollectionError, match="cannot read"):
+        store.read_bytes(uri)
+    new.parent.mkdir()
+    (tmp_path / "gone").rename(new)
+    store.register_root(new, name="photos")
+    assert store.read_bytes(uri) == png_bytes(3)
+
+
+@pytest.mark.parametrize("uri,match", [
+    ("folder:nope/x.png", "unknown folder root"),
+    ("folder:photos/../secret.png", "not a path inside"),
+    ("folder:photos/", "not a path inside"),
+])
+def test_folder_uris_never_leave_their_root(tmp_path, uri, match):
+    (tmp_path / "photos").mkdir()
+    store = Collection(tmp_path / "c")
+    store.register_root(tmp_path / "photos")
+    with pytest.raises(CollectionError, match=match) as err:
+        store.read_bytes(uri)
+    assert str(tmp_path) not in str(err.value)  # errors may reach an HTTP answer: no server path in them
+
+
+def test_a_file_outside_the_given_root_is_refused(tmp_path):
+    (tmp_path / "photos").mkdir()
+    with pytest.raises(CollectionError, match="not inside"):
+        Collection(tmp_path / "c").folder_uris([tmp_path / "elsewhere.png"], root=tmp_path / "photos")
+
+
+def test_absolute_paths_recorded_by_older_installs_still_read(tmp_path):
+    (tmp_path / "x.png").write_bytes(png_bytes(4))
+    assert Collection(tmp_path / "c").read_bytes(str(tmp_path / "x.png")) == png_bytes(4)

@@ -184,6 +184,7 @@ def test_info_describes_the_loaded_triple(api):
 def test_metrics_are_prometheus_text(api):
     r = api["http"].get("/metrics")
     assert r.status_code == 200 and "bentoml_service_request" in r.text
+    assert f'byol_served_version_info{{version="{api["version"]}"}} 1.0' in r.text  # ours too (test_metrics.py)
 
 
 def test_added_image_is_found_first_with_score_one(api, images):

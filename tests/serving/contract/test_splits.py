@@ -68,3 +68,40 @@ def test_a_labels_csv_naming_missing_files_is_refused(tmp_path):
     (tmp_path / "labels.csv").write_text("path,label\na.png,x\nnope.png,y\n")
     with pytest.raises(SourceError, match="1 listed file.*nope.png"):
         read_labels_csv(tmp_path / "labels.csv", 8)
+
+
+def _labelled_tree(root, broken=False):
+    from serving.contract.image import encode_png
+
+    for c in ("cat", "dog"):
+        (root / c).mkdir(parents=True)
+        for i in range(3):
+            data = b"not an image" if broken else encode_png(np.full((8, 8, 3), 40 * i, np.uint8))
+            (root / c / f"{i}.png").write_bytes(data)
+    return root
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda root: root.mkdir(), "no image files"),
+    (lambda root: _labelled_tree(root, broken=True), "none of the 6 image file"),
+    (lambda root: (root.mkdir(), (root / "0.png").write_bytes(b"x")), "one sub-folder of images per class"),
+    (lambda root: None, "not found"),
+])
+def test_labelled_data_that_cannot_work_is_refused_up_front(tmp_path, make, match):
+    from serving.contract.splits import check_labelled
+
+    make(tmp_path / "data")
+    with pytest.raises(SourceError, match=match):
+        check_labelled(str(tmp_path / "data"))
+
+
+def test_a_sound_labelled_folder_and_csv_pass_the_check(tmp_path):
+    from serving.contract.splits import check_labelled
+
+    root = _labelled_tree(tmp_path / "data")
+    check_labelled(str(root))
+    (tmp_path / "labels.csv").write_text("path,label\n\ndata/cat/0.png,cat\ndata/dog/1.png,dog\n")
+    check_labelled("ignored", labels_csv=str(tmp_path / "labels.csv"))
+    (tmp_path / "one.csv").write_text("data/cat/0.png,cat\n")
+    with pytest.raises(SourceError, match="at least 2 labels"):
+        check_labelled("ignored", labels_csv=str(tmp_path / "one.csv"))
