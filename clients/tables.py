@@ -73,6 +73,14 @@ def index_build(r: dict) -> str:
     return f"{head}; {r['chunks_computed']} chunk(s) embedded now, the rest resumed"
 
 
+def index_repair(r: dict) -> str:
+    if not r["dropped_bytes"]:
+        return f"{r['path']}: the log is intact ({r['kept']} records); nothing to repair"
+    return (f"{r['path']}: kept {r['kept']} intact records, dropped {r['dropped_bytes']} damaged bytes at "
+            f"{r['dropped_ranges']}; the dropped records' items are still in the collection, and the next reload of "
+            "another version (or a rebuild) brings them back")
+
+
 def index_export(r: dict) -> str:
     exact = "" if r["exact"] else " (PQ index: vectors are its approximations)"
     return (f"exported {r['count']} vectors ({r['dim']}-d, encoder {r['encoder_version']}, {r['factory']}) to "

@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 MAGIC = b"BWL1"
 _FRAME = struct.Struct("<4sII")  # magic, payload length, crc32(payload)
 _HEAD = struct.Struct("<I")  # header json length inside the payload
-REPAIR_HINT = ("repair it with: python -c \"from index.durable import repair; print(repair('{dir}'))\" (keeps every "
-               "intact record; items of a dropped one are still in the collection, and the next reload reconciles)")
+REPAIR_HINT = ("stop the server and repair it with: byol index repair --model {version} (or, without the CLI, "
+               "python -c \"from index.durable import repair; print(repair('{dir}'))\"); it keeps every intact "
+               "record, and items of a dropped one are still in the collection: the next reload reconciles them")
 
 Record = tuple[dict, "np.ndarray | None"]
 
@@ -113,7 +114,7 @@ def corruption_error(path: Path, s: Scan) -> IndexStoreError:
     return IndexStoreError(
         f"{path}: corrupt log record at byte {s.corrupt_at} of {s.size} (intact records follow at byte "
         f"{s.resume_at}); the index is not opened, so no acknowledged write is dropped silently; "
-        + REPAIR_HINT.format(dir=path.parent))
+        + REPAIR_HINT.format(dir=path.parent, version=path.parent.name))
 
 
 def intact_frames(path: Path) -> tuple[bytes, list[tuple[int, int]]]:

@@ -38,6 +38,9 @@ def parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="write an index's vectors + metadata as embeddings.npy + metadata.parquet")
     e.add_argument("--model", default="latest", help="bundle tag whose index to export")
     e.add_argument("--out", required=True, help="output folder (new)")
+    r = sub.add_parser("repair", help="keep every intact record of an index log damaged in the middle (stop the "
+                       "server first)")
+    r.add_argument("--model", required=True, help="bundle version (or tag) whose index log to repair")
     return parser
 
 
@@ -54,6 +57,8 @@ def main(argv: list[str]) -> int:
         print(tables.index_build(indexing.build(BuildConfig(**{k: v for k, v in args.items() if v is not None}))))
     elif action == "add":
         print(tables.index_add(indexing.add(AddConfig(**args))))
+    elif action == "repair":
+        print(tables.index_repair(indexing.repair(args["model"])))
     else:
         print(tables.index_export(indexing.export(ExportConfig(**args))))
     return 0

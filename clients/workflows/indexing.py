@@ -358,3 +358,16 @@ def _picture(uri: str | None, size: int) -> np.ndarray | None:
     except (ValueError, OSError) as exc:
         log.warning("no picture for %s: %s", uri, exc)
         return None
+
+
+def repair(model: str) -> dict:
+    """``byol index repair``: make a version's index log that is damaged in the middle usable again (every intact
+    record kept, in order; ``index.durable.repair``). ``model`` is a version, or a tag resolved in the store."""
+    from index.durable import repair as repair_log
+
+    directory = paths.index_dir(model.split(":")[-1])
+    if not DurableIndex.exists(directory):
+        directory = paths.index_dir(open_encoder(model).version)
+    if not DurableIndex.exists(directory):
+        raise IndexStoreError(f"no index for {model} at {directory}")
+    return {"path": str(directory / "wal.log"), **repair_log(directory)}

@@ -206,3 +206,27 @@ def test_index_export_writes_the_served_index_in_the_embed_folder_layout(embedde
     order = [by_path[r["path"]] for r in src_rows]
     np.testing.assert_allclose(vectors[order], src_vectors, atol=1e-5)
     assert byol(["index", "export", "--model", embedded["tag"], "--out", str(tmp_path / "exp")]) != 0  # not overwritten
+
+
+def test_index_repair_names_itself_in_the_error_and_keeps_every_intact_record(capsys):
+    """A log damaged in the middle stops the open with the command to run; ``byol index repair`` then keeps the
+    records on both sides of the damage."""
+    from index.durable import WAL_FILE
+    from index.errors import IndexStoreError
+
+    version = "20990101-000000-repair00"
+    directory = paths.index_dir(version)
+    rng = np.random.default_rng(0)
+    with DurableIndex.open(directory, dim=8, encoder_version=version, factory="Flat", create=True) as ix:
+        for uri in ("a", "b", "c"):
+            ix.add(rng.normal(size=(1, 8)).astype(np.float32), [{"uri": uri}], version)
+    log = directory / WAL_FILE
+    data = bytearray(log.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside the middle record
+    log.write_bytes(bytes(data))
+    with pytest.raises(IndexStoreError, match=f"byol index repair --model {version}"):
+        DurableIndex.open(directory)
+    assert byol(["index", "repair", "--model", version]) == 0
+    assert "kept 2 intact records" in capsys.readouterr().out
+    with DurableIndex.open(directory, read_only=True) as ix:
+        assert sorted(m["uri"] for _, m in ix.items()) == ["a", "c"]
