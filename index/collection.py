@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from index.fsio import atomic_write_bytes, now_iso
+from index.fsio import atomic_write_bytes, now_iso, write_all_durably
 
 log = logging.getLogger(__name__)
 
@@ -259,10 +259,7 @@ def _append_lines(fd: int, path: Path, data: bytes) -> None:
                 os.ftruncate(fd, keep)
             start = os.fstat(fd).st_size
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
+        write_all_durably(fd, data)
     except OSError:
         try:
             os.ftruncate(fd, start)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from index.errors import IndexStoreError
-from index.fsio import fsync_dir
+from index.fsio import fsync_dir, write_all_durably
 
 log = logging.getLogger(__name__)
 
@@ -160,10 +160,7 @@ class LogWriter:
         fd = self._require()
         start = os.fstat(fd).st_size
         try:
-            view = memoryview(record)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
+            write_all_durably(fd, record)
             if self._dir_unsynced:
                 fsync_dir(self.path.parent)
                 self._dir_unsynced = False
