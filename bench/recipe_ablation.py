@@ -22,6 +22,16 @@ from bench.machine import load_average, machine
 RESULTS = Path(__file__).resolve().parent / "results" / "recipe_ablation.json"
 COLOURLESS = ["augment.view1.saturation=0", "augment.view1.hue=0", "augment.view1.grayscale_p=0",
               "augment.view2.saturation=0", "augment.view2.hue=0", "augment.view2.grayscale_p=0"]
+
+
+def CROP(low: float) -> list[str]:  # noqa: N802 (reads as a constant in the table below)
+    return [f"augment.view1.crop_scale=({low},1.0)", f"augment.view2.crop_scale=({low},1.0)"]
+
+
+def JITTER(strength: float) -> list[str]:  # noqa: N802
+    return [f"augment.view{v}.{k}={strength}" for v in (1, 2) for k in ("brightness", "contrast")]
+
+
 VARIANTS: dict[str, list[str]] = {
     "base": [],
     "cpu_fast": ["train.cpu_fast=true"],
@@ -40,6 +50,14 @@ VARIANTS: dict[str, list[str]] = {
     "heads2048": ["train.cpu_fast=true", *COLOURLESS, "heads.projector_hidden=2048", "heads.out_dim=256",
                   "heads.predictor_hidden=2048"],
     "width32": ["train.cpu_fast=true", *COLOURLESS, "encoder.width=32"],
+    # second round: the first round's winners together, then one change at a time on top of them
+    "combo": ["train.cpu_fast=true", *COLOURLESS, *CROP(0.5), *JITTER(0.8)],
+    "combo-crop0.7": ["train.cpu_fast=true", *COLOURLESS, *CROP(0.7), *JITTER(0.8)],
+    "combo-b64": ["train.cpu_fast=true", *COLOURLESS, *CROP(0.5), *JITTER(0.8), "train.batch_size=64"],
+    "combo-lr1": ["train.cpu_fast=true", *COLOURLESS, *CROP(0.5), *JITTER(0.8), "optim.lr_base=1.0"],
+    "combo-tau0.98": ["train.cpu_fast=true", *COLOURLESS, *CROP(0.5), *JITTER(0.8), "ema.tau_base=0.98"],
+    "combo-grid2": ["train.cpu_fast=true", *COLOURLESS, *CROP(0.5), *JITTER(0.8), "encoder.pool=grid2"],
+    "combo-multi": ["train.cpu_fast=true", *COLOURLESS, *CROP(0.5), *JITTER(0.8), "encoder.pool=multi"],
 }
 
 

@@ -24,6 +24,7 @@ ARCHS = {
     "resnet50": (Bottleneck, [3, 4, 6, 3]),
 }
 STEMS = ("imagenet", "small", "small-s2")
+POOLS = ("avg", "grid2", "multi")
 
 
 @dataclass
@@ -32,7 +33,10 @@ class EncoderConfig:
 
     ``stem``: 'imagenet' (7×7/2 conv + max-pool), 'small' (3×3/1 conv, no pool: the CIFAR stem for 28–64 px),
     'small-s2' (3×3/2 conv, no pool: a quarter of 'small''s compute, for CPU demos). ``width`` is the first
-    stage's channel count (64 in the paper's ResNets).
+    stage's channel count (64 in the paper's ResNets). ``pool`` is what f returns: 'avg' (the paper: the last
+    stage's global average, ``8 × width × expansion`` values), 'grid2' (the last stage averaged to a 2×2 grid and
+    flattened, 4× as many: where in the image a feature fired — small centred images like Fashion-MNIST's carry
+    class information in their layout), 'multi' (the global averages of the last three stages side by side).
     """
 
     arch: str = "resnet50"
@@ -41,8 +45,11 @@ class EncoderConfig:
     input_size: int = 224
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    pool: str = "avg"
 
     def __post_init__(self) -> None:
+        if self.pool not in POOLS:
+            raise ValueError(f"unknown encoder pool {self.pool!r}; choose from {', '.join(POOLS)}")
         if self.arch not in ARCHS:
             raise ValueError(f"unknown encoder arch {self.arch!r}; choose from {', '.join(ARCHS)}")
         if self.stem not in STEMS:
@@ -93,12 +100,22 @@ class Encoder(nn.Module):
         self.cfg = cfg
         block, layers = ARCHS[cfg.arch]
         self.trunk = ResNetTrunk(block, layers, cfg.width, cfg.stem)
-        self.out_dim = self.trunk.out_dim
+        last = self.trunk.out_dim
+        self.out_dim = {"avg": last, "grid2": 4 * last, "multi": last + last // 2 + last // 4}[cfg.pool]
         self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg.std).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.trunk((x - self.mean) / self.std)
+        x = (x - self.mean) / self.std
+        if self.cfg.pool == "avg":
+            return self.trunk(x)
+        t = self.trunk
+        x2 = t.layer2(t.layer1(t.maxpool(t.relu(t.bn1(t.conv1(x))))))
+        x3 = t.layer3(x2)
+        x4 = t.layer4(x3)
+        if self.cfg.pool == "grid2":
+            return torch.flatten(nn.functional.adaptive_avg_pool2d(x4, 2), 1)
+        return torch.cat([x4.mean((2, 3)), x3.mean((2, 3)), x2.mean((2, 3))], dim=1)
 
 
 def build_encoder(cfg: EncoderConfig | dict) -> Encoder:
