@@ -57,6 +57,8 @@ VARIANTS: dict[str, list[str]] = {
     "combo-lr1": ["train.cpu_fast=true", *COLOURLESS, *CROP(0.5), *JITTER(0.8), "optim.lr_base=1.0"],
     "combo-tau0.98": ["train.cpu_fast=true", *COLOURLESS, *CROP(0.5), *JITTER(0.8), "ema.tau_base=0.98"],
     "combo-grid2": ["train.cpu_fast=true", *COLOURLESS, *CROP(0.5), *JITTER(0.8), "encoder.pool=grid2"],
+    "g2-crop0.7": ["train.cpu_fast=true", *COLOURLESS, *CROP(0.7), *JITTER(0.8), "encoder.pool=grid2"],
+    "g2-crop0.85": ["train.cpu_fast=true", *COLOURLESS, *CROP(0.85), *JITTER(0.8), "encoder.pool=grid2"],
     "combo-multi": ["train.cpu_fast=true", *COLOURLESS, *CROP(0.5), *JITTER(0.8), "encoder.pool=multi"],
 }
 

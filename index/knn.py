@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -62,30 +64,43 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
+def _top_k(bank: np.ndarray, queries: np.ndarray, kmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(similarities, bank rows)`` of each query's ``kmax`` most similar bank rows, best first."""
+    sims = queries @ bank.T
+    top = np.argpartition(-sims, kmax - 1, axis=1)[:, :kmax] if kmax < len(bank) else np.broadcast_to(
+        np.arange(len(bank)), (len(sims), len(bank)))
+    s = np.take_along_axis(sims, top, axis=1).astype(np.float64)
+    order = np.argsort(-s, axis=1, kind="stable")  # best first, so each k takes a prefix
+    return np.take_along_axis(s, order, axis=1), np.take_along_axis(top, order, axis=1)
+
+
 def knn_votes(bank: np.ndarray, bank_labels: np.ndarray, queries: np.ndarray, k: int | tuple[int, ...],
               temperature: float, n_classes: int, chunk: int = 1024):
     """Class votes ``[N, n_classes]`` of the ``k`` most cosine-similar bank rows, each weighted exp(sim / T).
 
     ``bank`` and ``queries`` must be unit rows. Weights are shifted by each query's best similarity (the same
-    normalised votes, no overflow at small T). Exact: one matrix product per ``chunk`` queries. With a tuple of
-    ``k`` values the similarities are computed once and ``{k: votes}`` is returned.
+    normalised votes, no overflow at small T). Exact: one matrix product per ``chunk`` queries; several chunks
+    (an evaluation's 10,000 queries) are ranked in parallel threads — numpy's partition runs single-threaded with
+    the GIL released, and it is most of the time. With a tuple of ``k`` values the similarities are computed once
+    and ``{k: votes}`` is returned.
     """
     ks = (k,) if isinstance(k, int) else tuple(k)
     kmax = min(max(ks), len(bank))
     votes = {kk: np.zeros((len(queries), n_classes), dtype=np.float64) for kk in ks}
-    for lo in range(0, len(queries), chunk):
-        sims = queries[lo:lo + chunk] @ bank.T
-        top = np.argpartition(-sims, kmax - 1, axis=1)[:, :kmax] if kmax < len(bank) else np.broadcast_to(
-            np.arange(len(bank)), (len(sims), len(bank)))
-        s = np.take_along_axis(sims, top, axis=1).astype(np.float64)
-        order = np.argsort(-s, axis=1, kind="stable")  # best first, so each k takes a prefix
-        s, top = np.take_along_axis(s, order, axis=1), np.take_along_axis(top, order, axis=1)
-        w = np.exp((s - s[:, :1]) / temperature)
-        labels = bank_labels[top]
-        for kk in ks:
-            n = min(kk, kmax)
-            rows = np.repeat(np.arange(lo, lo + len(sims)), n)
-            np.add.at(votes[kk], (rows, labels[:, :n].ravel()), w[:, :n].ravel())
+    starts = range(0, len(queries), chunk)
+    threads = min(len(starts), os.cpu_count() or 1, 4)
+
+    def ranked(lo: int):
+        return lo, *_top_k(bank, queries[lo:lo + chunk], kmax)
+
+    with ThreadPoolExecutor(threads) if threads > 1 else nullcontext() as pool:
+        for lo, s, top in (pool.map(ranked, starts) if pool else map(ranked, starts)):
+            w = np.exp((s - s[:, :1]) / temperature)
+            labels = bank_labels[top]
+            for kk in ks:
+                n = min(kk, kmax)
+                rows = np.repeat(np.arange(lo, lo + len(s)), n)
+                np.add.at(votes[kk], (rows, labels[:, :n].ravel()), w[:, :n].ravel())
     return votes[ks[0]] if isinstance(k, int) else votes
 
 

@@ -105,3 +105,14 @@ def test_probe_rejects_wrong_dim(data):
     (xtr, ytr), _ = data
     with pytest.raises(IndexStoreError, match=r"\[N, 16\]"):
         LinearProbe.fit(xtr, ytr, CLASSES).predict_proba(np.zeros((1, 8)))
+
+
+def test_knn_votes_do_not_depend_on_how_the_queries_are_chunked_across_threads():
+    from index.knn import knn_votes, unit_rows
+
+    rng = np.random.default_rng(3)
+    bank, queries = unit_rows(rng.normal(size=(500, 16))), unit_rows(rng.normal(size=(300, 16)))
+    labels = rng.integers(0, 5, 500)
+    whole = knn_votes(bank, labels, queries, (20, 200), 0.07, 5, chunk=1024)
+    chunked = knn_votes(bank, labels, queries, (20, 200), 0.07, 5, chunk=7)  # 43 chunks over several threads
+    assert all(np.array_equal(whole[k], chunked[k]) for k in (20, 200))
