@@ -8,7 +8,9 @@ model version owns its batcher, so a request is answered entirely by the version
 
 Policy ("adaptive" the simple way): one batch runs at a time; while it runs, new requests queue; the next batch
 takes everything queued, up to ``max_batch_size`` images. A lone request waits at most ``max_wait_ms`` for company,
-so under light load latency stays one model call, and under heavy load batches grow by themselves.
+so under light load latency stays one model call, and under heavy load batches grow by themselves. A request of
+more than ``max_batch_size`` images is cut into model batches of at most that many (never one giant ONNX Runtime
+call: its memory and latency would grow with the request, and it would hold up every other request meanwhile).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class MicroBatcher:
 
     Args:
         fn: the blocking model call; it runs in a worker thread, one batch at a time.
-        max_batch_size: most images in one model call (a single request larger than this runs alone).
+        max_batch_size: most images in one model call (a larger request is cut into calls of this many).
         max_wait_ms: longest a request waits for others to join its batch when the model is idle.
         on_batch: called with each batch's image count before its model call (``serving.metrics``).
     """
@@ -53,10 +55,24 @@ class MicroBatcher:
         self.batch_sizes: list[int] = []  # recent batch sizes, for /info and tests (last 1,000)
 
     async def submit(self, images: np.ndarray) -> np.ndarray:
-        """Embed ``images`` (one request's worth), batched with whatever else is waiting."""
+        """Embed ``images`` (one request's worth), batched with whatever else is waiting; a request larger than
+        ``max_batch_size`` goes in as several batches, answered in order."""
         loop = asyncio.get_running_loop()
         if self._closed:  # a request that took this version before it was swapped out: answer it directly
-            return await loop.run_in_executor(None, self.fn, images)
+            return await loop.run_in_executor(None, self._in_chunks, images)
+        if len(images) <= self.max_batch_size:
+            return await self._submit(images, loop)
+        step = self.max_batch_size
+        parts = await asyncio.gather(*(self._submit(images[i:i + step], loop) for i in range(0, len(images), step)))
+        return np.concatenate(parts)
+
+    def _in_chunks(self, images: np.ndarray) -> np.ndarray:
+        step = self.max_batch_size
+        if len(images) <= step:
+            return self.fn(images)
+        return np.concatenate([self.fn(images[i:i + step]) for i in range(0, len(images), step)])
+
+    async def _submit(self, images: np.ndarray, loop: asyncio.AbstractEventLoop) -> np.ndarray:
         if self._worker is None or self._worker.done():
             self._queue = asyncio.Queue()
             self._worker = loop.create_task(self._run())

@@ -29,6 +29,20 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH_SIZE = 64  # images per ONNX Runtime call made by the micro-batcher
 MAX_WAIT_MS = 2.0  # longest a lone request waits for others to share its model call
+ORT_THREADS_ENV = "BYOL_ORT_THREADS"  # ONNX Runtime intra-op threads of the served encoder (unset or 0: all cores)
+GRAPH_ENV = "BYOL_ENCODER_FILE"  # which graph of the bundle to serve (unset: encoder.onnx; e.g. encoder_int8.onnx)
+
+
+def ort_threads(env=None) -> int:
+    """``BYOL_ORT_THREADS`` as an int (0 when unset); a malformed value is an error at start."""
+    value = (os.environ if env is None else env).get(ORT_THREADS_ENV, "").strip()
+    try:
+        threads = int(value or 0)
+    except ValueError:
+        raise BundleError(f"{ORT_THREADS_ENV} must be an integer, got {value!r}") from None
+    if threads < 0:
+        raise BundleError(f"{ORT_THREADS_ENV} must be 0 (all cores) or more, got {threads}")
+    return threads
 
 
 def resolve_tag(explicit: str | None = None) -> str:
@@ -189,6 +203,7 @@ class Runtime:
             "created_at": m.created_at,
             "metrics": m.metrics,
             "providers": self.encoder.providers,
+            "graph": self.encoder.onnx_file,  # encoder.onnx unless BYOL_ENCODER_FILE picks another of the bundle
             "loaded_at": self.loaded_at,
             "index": None if self.index is None else {
                 "version": self.index.encoder_version, "size": len(self.index), "factory": self.index.factory},
@@ -228,7 +243,8 @@ def check_bundle(tag: str) -> str:
     """
     from serving.store import bundle_path
 
-    encoder = OnnxEncoder(bundle_path(tag))
+    encoder = OnnxEncoder(bundle_path(tag), intra_op_threads=ort_threads(),
+                          onnx_file=os.environ.get(GRAPH_ENV, "").strip() or None)
     _test_run(encoder)
     return encoder.version
 
@@ -253,7 +269,8 @@ def load_runtime(tag: str, *, max_batch_size: int = MAX_BATCH_SIZE, max_wait_ms:
     """
     from serving.store import bundle_path
 
-    encoder = OnnxEncoder(bundle_path(tag))
+    encoder = OnnxEncoder(bundle_path(tag), intra_op_threads=ort_threads(),
+                          onnx_file=os.environ.get(GRAPH_ENV, "").strip() or None)
     version = encoder.version
     _test_run(encoder)
     missing: dict[str, str] = {}

@@ -7,8 +7,10 @@ Start: ``byol serve`` (or ``bentoml serve serving.service:ByolEmbed``; it binds 
 ``PIL.Image`` parameter would turn a non-image into a 500 in BentoML 1.4.39).
 
 Every request first passes the edge (:mod:`serving.upload_guard`: body and part limits, auth before the body,
-admission with 503 + Retry-After, multipart checked and rewritten off the event loop); limits are in
-:mod:`serving.limits`. Batching: every embedding goes through the loaded version's
+admission with 503 + Retry-After, multipart parsed once and checked; large bodies off the event loop); the endpoints
+take the uploads' bytes from the edge's parse (:mod:`serving.multipart`: BentoML parses no body a second time and
+spools no upload to a temp file) and answer finished JSON (or ``.npy`` for ``Accept: application/x-npy`` on
+``/embed_batch``); limits are in :mod:`serving.limits`. Batching: every embedding goes through the loaded version's
 :class:`serving.batching.MicroBatcher` — ``MAX_BATCH_SIZE`` = 64 images per ONNX Runtime call, ``MAX_WAIT_MS`` =
 2 ms longest wait for company. Writes and reloads: :mod:`serving.served`. GET routes (``/info``, the ``/ui`` page,
 ``/items/{id}/thumbnail``): :mod:`serving.web`; what the OpenAPI page at ``/`` says: :mod:`serving.openapi`; the
@@ -29,7 +31,7 @@ from pydantic import Field
 
 from index.collection import Collection
 from index.vector_index import set_omp_threads
-from serving import deadline, items, metrics, openapi, paths, web
+from serving import deadline, items, metrics, multipart, openapi, paths, web
 from serving import http_helpers as h
 from serving.contract.bundle import MODEL_NAME, BundleError
 from serving.errors import Conflict
@@ -42,10 +44,12 @@ log = logging.getLogger("byol.service")
 # BentoML imports this module as its entry point, so the entry point configures explicitly, here and only here:
 # BENTOML_HOME under BYOL_HOME unless set (the model store is first read just below, by the class attribute), and
 # request deadlines that do not keep every request alive for the whole timeout (serving.deadline), and request
-# metrics labelled by route template, not by item id (serving.metrics).
+# metrics labelled by route template, not by item id (serving.metrics), and multipart inputs built from the edge's
+# parse (serving.multipart).
 paths.use_store()
 deadline.install()
 metrics.install_route_labels()
+multipart.install()
 MODEL_TAG = resolve_tag()
 Image = Annotated[Path, Field(description="an image file (JPEG, PNG, GIF, BMP, TIFF, WebP, ...)")]
 K = Annotated[int, Field(description="how many neighbours (1-1000)")]
@@ -87,41 +91,42 @@ class ByolEmbed:
         await to_thread.run_sync(metrics.report, self.runtime)
 
     @bentoml.api(route="/embed")
-    async def embed(self, image: Image) -> dict:
+    async def embed(self, image: Image, ctx: bentoml.Context = None) -> dict:
         """One image → ``{"version", "dim", "embedding": [D floats]}`` (unit L2 norm)."""
         rt = self.runtime
-        x, _ = await h.decode_async([image], rt.input_size)
+        x, _ = await h.decode_async([image], rt.input_size, ctx, "image")
         vec = await rt.embed(x)
-        return {"version": rt.version, "dim": rt.dim, "embedding": vec[0].tolist()}
+        return h.json_response({"version": rt.version, "dim": rt.dim, "embedding": vec[0].tolist()})
 
     @bentoml.api(route="/embed_batch")
-    async def embed_batch(self, images: list[Image]) -> dict:
-        """Several images → ``{"version", "dim", "embeddings": [[D floats], ...]}`` in upload order."""
+    async def embed_batch(self, images: list[Image], ctx: bentoml.Context = None) -> dict:
+        """Several images → ``{"version", "dim", "embeddings": [[D floats], ...]}`` in upload order; with
+        ``Accept: application/x-npy`` the float32 ``[N, D]`` array as ``.npy`` bytes instead (version and dim in the
+        ``x-byol-version`` and ``x-byol-dim`` headers)."""
         rt = self.runtime
-        x, _ = await h.decode_async(images, rt.input_size)
-        vecs = await rt.embed(x)
-        return {"version": rt.version, "dim": rt.dim, "embeddings": vecs.tolist()}
+        x, _ = await h.decode_async(images, rt.input_size, ctx, "images")
+        return await h.embeddings_response(await rt.embed(x), rt.version, ctx)
 
     @bentoml.api(route="/search")
-    async def search(self, image: Image, k: K = 10) -> dict:
+    async def search(self, image: Image, k: K = 10, ctx: bentoml.Context = None) -> dict:
         """Nearest neighbours → ``{"version", "results": [{"id", "score", "metadata"}]}``, best first."""
         rt = self.runtime
         h.check_k(k)
         rt.require_index()
-        x, _ = await h.decode_async([image], rt.input_size)
+        x, _ = await h.decode_async([image], rt.input_size, ctx, "image")
         hits = await rt.search(await rt.embed(x), k, "search")
-        return {"version": rt.version, "results": h.hits_json(hits[0])}
+        return h.json_response({"version": rt.version, "results": h.hits_json(hits[0])})
 
     @bentoml.api(route="/search_batch")
-    async def search_batch(self, images: list[Image], k: K = 10) -> dict:
+    async def search_batch(self, images: list[Image], k: K = 10, ctx: bentoml.Context = None) -> dict:
         """Neighbours of each image → ``{"version", "results": [[{"id", "score", "metadata"}], ...]}`` in upload
         order, best first (limits as ``/embed_batch``)."""
         rt = self.runtime
         h.check_k(k)
         rt.require_index()
-        x, _ = await h.decode_async(images, rt.input_size)
+        x, _ = await h.decode_async(images, rt.input_size, ctx, "images")
         hits = await rt.search(await rt.embed(x), k, "search_batch")
-        return {"version": rt.version, "results": [h.hits_json(row) for row in hits]}
+        return h.json_response({"version": rt.version, "results": [h.hits_json(row) for row in hits]})
 
     @bentoml.api(route="/search_by_id")
     async def search_by_id(self, id: Annotated[int, Field(description="an item id of the served index")],
@@ -131,16 +136,17 @@ class ByolEmbed:
         return await items.neighbours(self.runtime, id, k, self.served.collection)
 
     @bentoml.api(route="/classify")
-    async def classify(self, image: Image, method: Literal["probe", "knn"] = "probe") -> dict:
+    async def classify(self, image: Image, method: Literal["probe", "knn"] = "probe",
+                       ctx: bentoml.Context = None) -> dict:
         """Class of an image → ``{"version", "method", "label", "probabilities": {class: p}}``."""
         rt = self.runtime
         clf, why = rt.classifier(method)
         if clf is None:
             raise Conflict(why)
-        x, _ = await h.decode_async([image], rt.input_size)
+        x, _ = await h.decode_async([image], rt.input_size, ctx, "image")
         vec = await rt.embed(x)
         proba = await to_thread.run_sync(clf.predict_proba, vec)
-        return {"version": rt.version, "method": method, **h.proba_json(clf.classes, proba[0])}
+        return h.json_response({"version": rt.version, "method": method, **h.proba_json(clf.classes, proba[0])})
 
     @bentoml.api(route="/index/add")
     async def index_add(self, images: list[Image], labels: list[str] | None = None,
@@ -152,7 +158,7 @@ class ByolEmbed:
         has one entry per image.
         """
         h.check_token(ctx.request.headers, self.admin_token)
-        datas = await to_thread.run_sync(h.read_uploads, images)
+        datas = h.edge_uploads(ctx, "images") or await to_thread.run_sync(h.read_uploads, images)
         h.check_labels(labels, len(datas))
         version, ids = await self.served.add(lambda size: h.pixels_async(datas, size), datas, labels)
         await self._report()

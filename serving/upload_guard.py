@@ -30,9 +30,10 @@ import os
 from dataclasses import dataclass
 
 from anyio import CapacityLimiter, to_thread
+from python_multipart.multipart import parse_options_header
 
 from serving.limits import Limits
-from serving.multipart import BodyError, Form, json_problem, part_problems, prepare
+from serving.multipart import SCOPE_KEY, BodyError, Form, json_problem, part_problems, prepare
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,17 @@ FILE_FIELDS: dict[str, frozenset[str]] = {path: r.form.files for path, r in ROUT
 __all__ = ["ADMISSION", "FILE_FIELDS", "ROUTES", "UploadGuard", "part_problems"]
 NEVER_REFUSED = frozenset({"/readyz", "/healthz", "/livez", "/metrics", "/info"})
 GONE = "client closed the request"
+INLINE_BODY_BYTES = 64 * 2**10  # a multipart body this small, with at most INLINE_PARTS parts, is parsed on the
+INLINE_PARTS = 8  # event loop: measured ~10 us a part + ~2 ns a byte, so at most ~0.2 ms, about a thread hop's cost
+
+
+def _small(body: bytes, content_type: bytes) -> bool:
+    """Whether parsing ``body`` is bounded well enough for the event loop: few bytes, few boundaries (counted in C,
+    with the boundary the parser will use)."""
+    if len(body) > INLINE_BODY_BYTES:
+        return False
+    boundary = parse_options_header(content_type)[1].get(b"boundary")
+    return bool(boundary) and body.count(b"--" + boundary) <= INLINE_PARTS + 1
 
 
 class Admission:
@@ -214,14 +226,17 @@ class UploadGuard:
                 return scope, body
             raise EdgeError(415, f"unsupported content type {ctype.decode(errors='replace')!r}: send the image(s) "
                                  f"as multipart/form-data file field(s) {fields}")
-        new_body, new_type = await to_thread.run_sync(prepare, body, ctype, rule.form, self.limits,
-                                                      limiter=self._limiter())
+        if _small(body, ctype):  # bounded cost: cheaper here than a hop to a thread and back
+            new_body, new_type, parsed = prepare(body, ctype, rule.form, self.limits)
+        else:
+            new_body, new_type, parsed = await to_thread.run_sync(prepare, body, ctype, rule.form, self.limits,
+                                                                  limiter=self._limiter())
+        scope = {**scope, SCOPE_KEY: parsed}
         if new_body is body:
             return scope, body
-        body = new_body
         rest = [(k, v) for k, v in scope.get("headers") or [] if k.lower() not in (b"content-type", b"content-length")]
-        headers = [*rest, (b"content-type", new_type), (b"content-length", str(len(body)).encode())]
-        return {**scope, "headers": headers}, body
+        headers = [*rest, (b"content-type", new_type), (b"content-length", str(len(new_body)).encode())]
+        return {**scope, "headers": headers}, new_body
 
     def _limiter(self) -> CapacityLimiter:
         if self._threads is None:

@@ -22,6 +22,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-register", dest="register", action="store_false",
                    help="do not register in the BentoML model store")
     p.add_argument("--fp16", action="store_true", help="also write encoder_fp16.onnx (GPU serving)")
+    p.add_argument("--int8", action="store_true",
+                   help="also write encoder_int8.onnx: static int8, calibrated on the parity images, ~2x the fp32 "
+                        "graph's speed on CPU at 224 px, parity bound 0.1 (serve it with "
+                        "BYOL_ENCODER_FILE=encoder_int8.onnx)")
     p.add_argument("--atol", type=float, default=1e-4, help="max |ONNX - PyTorch| allowed (default 1e-4)")
     p.add_argument("--min-cosine", type=float, default=0.9999, help="min cosine ONNX vs PyTorch (default 0.9999)")
     return p

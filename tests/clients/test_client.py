@@ -155,3 +155,34 @@ def test_embed_cli_bad_file_is_one_line_error(live, tmp_path, capsys):
     assert main(["embed", str(bad), "--url", live["url"]]) != 0
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(err) == 1 and "400" in err[0] and "not an image" in err[0]
+
+
+def test_embed_batch_is_sent_and_answered_as_npy_and_names_the_version(live, files):
+    """The compact answer: same vectors as the JSON one, float32 [N, D], the version from its header."""
+    with EmbeddingClient(live["url"]) as c:
+        got = c.embed_batch(files)
+        assert c.version == live["version"]
+        as_json = c._http.post("/embed_batch", files=c._files("images", files))  # what a JSON-only reader gets
+        from_json = c._vectors(as_json, len(files))
+    assert as_json.headers["content-type"] == "application/json"
+    assert got.dtype == np.float32 and got.shape == (len(files), live["encoder"].dim)
+    np.testing.assert_array_equal(got, from_json)
+
+
+def test_async_embed_batch_equals_the_sync_one(live, files):
+    async def run():
+        async with AsyncEmbeddingClient(live["url"]) as c:
+            return await c.embed_batch(files[::-1]), c.version
+
+    got, version = asyncio.run(run())
+    with EmbeddingClient(live["url"]) as c:
+        np.testing.assert_array_equal(got, c.embed_batch(files[::-1]))
+    assert version == live["version"]
+
+
+def test_embed_batch_error_is_client_error(live, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"junk")
+    with EmbeddingClient(live["url"]) as c, pytest.raises(ClientError) as err:
+        c.embed_batch([bad])
+    assert err.value.status == 400 and "not an image" in err.value.message

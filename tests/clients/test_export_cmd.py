@@ -64,3 +64,27 @@ def _decodes(path: Path) -> bool:
         return True
     except image_contract.ImageError:
         return False
+
+
+def test_cli_export_int8_adds_the_quantised_graph_and_prints_its_parity(tmp_path, capsys):
+    from clients.cli import main
+    from training.artifact import save_encoder
+    from training.export import INT8_FILE
+
+    save_encoder(tmp_path / "encoder.pt", tiny_encoder(3))
+    rc = main(["export", "--encoder", str(tmp_path / "encoder.pt"), "--no-register", "--out", str(tmp_path / "b"),
+               "--parity-n", "8", "--int8"])
+    manifest = read_bundle(tmp_path / "b")[1]
+    assert rc == 0 and (tmp_path / "b" / INT8_FILE).is_file() and INT8_FILE in manifest.extra_files
+    assert "int8: max |ONNX - PyTorch|" in capsys.readouterr().out
+
+
+def test_cli_export_without_int8_writes_only_the_fp32_graph(tmp_path):
+    from clients.cli import main
+    from training.artifact import save_encoder
+
+    save_encoder(tmp_path / "encoder.pt", tiny_encoder(3))
+    assert main(["export", "--encoder", str(tmp_path / "encoder.pt"), "--no-register", "--out", str(tmp_path / "b"),
+                 "--parity-n", "4"]) == 0
+    assert read_bundle(tmp_path / "b")[1].extra_files == {} and sorted(p.name for p in (tmp_path / "b").iterdir()) \
+        == ["encoder.onnx", "manifest.json"]

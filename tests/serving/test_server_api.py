@@ -334,3 +334,35 @@ def test_acknowledged_add_survives_kill_9(api):
     top = r.json()["results"][0]
     assert (top["id"], top["metadata"]["label"]) == (new_id, "survivor")
     assert top["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_embed_batch_answers_npy_when_asked_with_the_same_vectors(api, images):
+    import io
+
+    files = [("images", (f"{i}.png", d)) for i, d in enumerate(images)]
+    as_json = api["http"].post("/embed_batch", files=files)
+    as_npy = api["http"].post("/embed_batch", files=files, headers={"Accept": "application/x-npy"})
+    assert as_json.status_code == as_npy.status_code == 200, as_npy.text
+    assert as_npy.headers["content-type"] == "application/x-npy"
+    assert (as_npy.headers["x-byol-version"], as_npy.headers["x-byol-dim"]) == (api["version"], str(api["encoder"].dim))
+    vectors = np.load(io.BytesIO(as_npy.content), allow_pickle=False)
+    assert vectors.dtype == np.float32 and vectors.shape == (len(images), api["encoder"].dim)
+    np.testing.assert_array_equal(vectors, np.asarray(as_json.json()["embeddings"], dtype=np.float32))
+
+
+def test_an_error_is_json_even_when_npy_was_asked_for(api):
+    r = api["http"].post("/embed_batch", files=[("images", ("a.png", b"junk"))],
+                         headers={"Accept": "application/x-npy"})
+    assert r.status_code == 400 and "image" in error_of(r)
+
+
+def test_a_request_larger_than_a_model_batch_keeps_its_order(api):
+    """130 images go to ONNX Runtime in model batches of at most 64 (serving.batching), answered in upload order."""
+    from serving.runtime import MAX_BATCH_SIZE
+
+    rng = np.random.default_rng(11)
+    datas = [srv.png(rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)) for _ in range(2 * MAX_BATCH_SIZE + 2)]
+    r = api["http"].post("/embed_batch", files=[("images", (f"{i}.png", d)) for i, d in enumerate(datas)])
+    assert r.status_code == 200, r.text
+    expected = np.stack([local_embed(api, d) for d in datas])
+    np.testing.assert_allclose(np.asarray(r.json()["embeddings"]), expected, atol=1e-5)

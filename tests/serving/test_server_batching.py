@@ -90,3 +90,24 @@ def test_closed_batcher_still_answers():
 def test_bad_max_batch_size_is_refused():
     with pytest.raises(ValueError, match="max_batch_size"):
         MicroBatcher(lambda x: x, max_batch_size=0)
+
+
+def test_a_request_larger_than_a_batch_is_cut_into_model_batches_in_order():
+    calls: list[int] = []
+    b = MicroBatcher(slow_identity(calls), max_batch_size=8, max_wait_ms=1)
+    x = np.arange(21 * 3, dtype=np.uint8).reshape(21, 1, 1, 3)
+
+    out = run(b.submit(x))
+    np.testing.assert_array_equal(out, x.reshape(21, -1))
+    assert max(calls) <= 8 and sum(calls) == 21
+
+
+def test_a_closed_batcher_cuts_a_large_request_too():
+    calls: list[int] = []
+    b = MicroBatcher(slow_identity(calls), max_batch_size=4)
+    b.close()
+    x = np.arange(10 * 3, dtype=np.uint8).reshape(10, 1, 1, 3)
+
+    out = run(b.submit(x))
+    np.testing.assert_array_equal(out, x.reshape(10, -1))
+    assert calls == [4, 4, 2]

@@ -98,3 +98,51 @@ def test_a_body_over_the_limit_is_413():
 def test_part_problems_names_the_first_problem(fields, problem):
     got = part_problems(multipart(("image", "a.png", b"x")), BOUNDARY, frozenset(fields))
     assert got == problem if problem is None else problem in got
+
+
+def parsed_by_edge(path: str, body: bytes) -> tuple[int, object]:
+    """Run one request through the guard → (status, the edge's parse the app found in its scope)."""
+    from serving.multipart import SCOPE_KEY
+
+    seen: dict = {}
+
+    async def app(scope, receive, send):
+        seen["form"] = scope.get(SCOPE_KEY)
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive():  # the body, then nothing until the request is over (the client stays)
+        if messages:
+            return messages.pop(0)
+        await asyncio.Event().wait()
+
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "path": path, "method": "POST",
+             "headers": [(b"content-type", b"multipart/form-data; boundary=XyZ")]}
+    asyncio.run(UploadGuard(app)(scope, receive, send))
+    return sent[0]["status"], seen.get("form")
+
+
+@pytest.mark.parametrize("prefix", [b"", b"\r\n"])  # a leading CRLF: not plainly formed, read by the strict parser
+def test_the_edge_hands_its_parse_to_the_app(prefix):
+    body = prefix + multipart(("images", "a.png", b"\x89PNG-1"), ("images", "b.png", b"\x89PNG-22"), ("k", None, b"4"))
+    status, form = parsed_by_edge("/search_batch", body)
+    assert status == 200 and form.files == {"images": [b"\x89PNG-1", b"\x89PNG-22"]} and form.texts == {"k": "4"}
+
+
+def test_a_large_body_is_parsed_off_the_event_loop_and_handed_on_too():
+    """Over 64 KiB the edge parses in a worker thread; the app gets the same parse."""
+    big = bytes(range(256)) * 400
+    status, form = parsed_by_edge("/embed", multipart(("image", "a.png", big)))
+    assert status == 200 and form.files == {"image": [big]}
+
+
+def test_routes_without_uploads_get_no_parse():
+    assert parsed_by_edge("/info", b"")[1] is None

@@ -166,3 +166,34 @@ def test_unreadable_parity_file_is_refused(tmp_path):
 
 def test_export_restores_the_encoders_training_mode(variant):
     assert variant[2] is True
+
+
+@pytest.fixture(scope="module")
+def int8_bundle(tmp_path_factory) -> Path:
+    """tiny_encoder(0) exported with its int8 twin, calibrated on 16 Fashion-MNIST-like sample images."""
+    out = tmp_path_factory.mktemp("int8") / "bundle"
+    export_bundle(tiny_encoder(0), out, parity_images=sample_images(16), int8=True)
+    return out
+
+
+def test_int8_graph_is_listed_and_within_its_recorded_bound(int8_bundle, fmnist_batch):
+    from serving.contract.bundle import sha256_file
+    from training.export import INT8_ATOL, INT8_FILE
+
+    manifest = read_bundle(int8_bundle)[1]
+    recorded = manifest.parity["int8"]
+    assert manifest.extra_files == {INT8_FILE: sha256_file(int8_bundle / INT8_FILE)} and recorded["file"] == INT8_FILE
+    int8 = OnnxEncoder(int8_bundle, intra_op_threads=1, onnx_file=INT8_FILE).embed(fmnist_batch)
+    torch_vecs = _torch_embed(tiny_encoder(0), fmnist_batch)
+    assert recorded["atol"] == INT8_ATOL and np.abs(int8 - torch_vecs).max() <= INT8_ATOL
+
+
+def test_int8_graph_is_really_quantised_and_the_fp32_graph_unchanged(int8_bundle, tiny_bundle, fmnist_batch):
+    import onnx
+
+    from training.export import INT8_FILE
+
+    ops = {n.op_type for n in onnx.load(str(int8_bundle / INT8_FILE)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    same = OnnxEncoder(int8_bundle, intra_op_threads=1).embed(fmnist_batch)
+    np.testing.assert_array_equal(same, OnnxEncoder(tiny_bundle, intra_op_threads=1).embed(fmnist_batch))
