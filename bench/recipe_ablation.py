@@ -59,6 +59,10 @@ VARIANTS: dict[str, list[str]] = {
     "combo-grid2": ["train.cpu_fast=true", *COLOURLESS, *CROP(0.5), *JITTER(0.8), "encoder.pool=grid2"],
     "g2-crop0.7": ["train.cpu_fast=true", *COLOURLESS, *CROP(0.7), *JITTER(0.8), "encoder.pool=grid2"],
     "g2-crop0.85": ["train.cpu_fast=true", *COLOURLESS, *CROP(0.85), *JITTER(0.8), "encoder.pool=grid2"],
+    "g2-crop0.95": ["train.cpu_fast=true", *COLOURLESS, *CROP(0.95), *JITTER(0.8), "encoder.pool=grid2"],
+    "g2-c85-j1.2": ["train.cpu_fast=true", *COLOURLESS, *CROP(0.85), *JITTER(1.2), "encoder.pool=grid2"],
+    "g2-c85-tau0.996": ["train.cpu_fast=true", *COLOURLESS, *CROP(0.85), *JITTER(0.8), "encoder.pool=grid2",
+                        "ema.tau_base=0.996"],
     "combo-multi": ["train.cpu_fast=true", *COLOURLESS, *CROP(0.5), *JITTER(0.8), "encoder.pool=multi"],
 }
 

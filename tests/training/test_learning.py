@@ -1,5 +1,10 @@
 """BYOL must learn: the fmnist-demo preset, shrunk to a short run on a Fashion-MNIST subset, beats a random-init
-encoder of the same architecture on held-out images by a clear kNN margin (measured: see MARGIN)."""
+encoder of the same architecture on held-out images by a clear kNN margin.
+
+MARGIN from five training seeds (``train.seed`` 0-4, this test's data and steps): the trained encoder beat random
+init (76.25 %) by 4.0, 4.3, 4.7, 5.0 and 5.5 points (mean 4.7, sd 0.6); 2.5 points is ~3.5 sd below the mean and
+still far above what an encoder that learned nothing scores (~0). At 150 steps the margins were 1.4-3.5: too
+close to call, hence 300."""
 
 import numpy as np
 import pytest
@@ -11,8 +16,8 @@ from training.config import apply_overrides, preset
 from training.eval import embed_images, random_init_like
 from training.train import train
 
-STEPS = 150
-MARGIN = 0.02
+STEPS = 300
+MARGIN = 0.025
 
 
 @pytest.mark.slow
