@@ -53,7 +53,7 @@ def _usage() -> str:
 
 
 # Third-party loggers that narrate their internals at INFO (ONNX graph rewrites, FAISS's CPU-feature probing).
-QUIET_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx", "faiss", "faiss.loader")
+QUIET_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx", "faiss", "faiss.loader", "tensorboard")
 
 
 def _setup_logging() -> None:

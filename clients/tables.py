@@ -112,7 +112,7 @@ def probe(r: dict) -> str:
              f"{'method':<24}{'accuracy':>10}"]
     lines += [f"{name:<24}{acc:>10.2%}" for name, acc in r["accuracy"].items()]
     lines += [f"{'random_init ' + name:<24}{value:>10.2%}" for name, value in r["random_init"].items()
-              if isinstance(value, int | float)]
+              if name in ("knn", "probe") or name.startswith("knn_")]
     lines.append(f"saved linear probe + kNN at {r['path']}")
     return "\n".join(lines)
 

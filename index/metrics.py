@@ -93,16 +93,16 @@ class Scores:
 
 def score(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
           classes: list[str] | None = None, k: int = DEFAULT_K, probe: bool = True, encoder_version: str = "",
-          extra_k: tuple[int, ...] = (EXTRA_K,)) -> Scores:
+          extra_k: tuple[int, ...] = (EXTRA_K,), probe_init: LinearProbe | None = None) -> Scores:
     """Fit a weighted kNN classifier and (with ``probe``) a linear probe on ``train``, score both on ``test``;
-    kNN also at ``extra_k`` (same similarities, one pass)."""
+    kNN also at ``extra_k`` (same similarities, one pass). ``probe_init``: see :meth:`LinearProbe.fit`."""
     train_y, test_y = np.asarray(train_y, dtype=np.int64), np.asarray(test_y, dtype=np.int64)
     if classes is None:
         classes = [str(c) for c in range(int(max(train_y.max(), test_y.max())) + 1)]
     knn = KnnClassifier(train_x, train_y, classes, k=k, encoder_version=encoder_version)
     ks = (k, *[e for e in extra_k if e != k])
     accs = knn_accuracies(train_x, train_y, test_x, test_y, ks, knn.temperature)
-    lin = LinearProbe.fit(train_x, train_y, classes, encoder_version) if probe else None
+    lin = LinearProbe.fit(train_x, train_y, classes, encoder_version, init=probe_init) if probe else None
     return Scores(accs[k], None if lin is None else accuracy(lin, test_x, test_y), knn, lin, len(test_y),
                   {e: accs[e] for e in ks[1:]})
 
@@ -112,11 +112,15 @@ Embedder = Callable[[np.ndarray], np.ndarray]  # uint8 [N, S, S, 3] → float32 
 
 def evaluate(embedders: dict[str, Embedder], train_images: np.ndarray, train_y: np.ndarray,
              test_images: np.ndarray, test_y: np.ndarray, k: int = DEFAULT_K, probe: bool = True,
-             raw_pixels: bool = True) -> dict[str, dict]:
-    """``{name: Scores.as_dict()}`` for every embedder, plus ``raw_pixels`` (the floor any encoder must beat)."""
+             raw_pixels: bool = True, keep: dict | None = None) -> dict[str, dict]:
+    """``{name: Scores.as_dict()}`` for every embedder, plus ``raw_pixels`` (the floor any encoder must beat);
+    ``keep``, when given, receives each embedder's :class:`Scores` (its fitted classifiers) by name."""
     out = {}
     for name, embed in embedders.items():
-        out[name] = score(embed(train_images), train_y, embed(test_images), test_y, k=k, probe=probe).as_dict()
+        scores = score(embed(train_images), train_y, embed(test_images), test_y, k=k, probe=probe)
+        out[name] = scores.as_dict()
+        if keep is not None:
+            keep[name] = scores
     if raw_pixels:
         out["raw_pixels"] = score(pixel_features(train_images), train_y, pixel_features(test_images), test_y,
                                   k=k, probe=probe).as_dict()

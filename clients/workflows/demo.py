@@ -49,8 +49,9 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> int:
         step("train", lambda: _train(cfg), tables.training)
     else:
         say(f"==> train: {encoder} exists (use --retrain to train again)")
+    fitted: dict = {}  # the eval's classifiers: the probe step starts from the trained encoder's probe
     report = step("eval", lambda: evaluation.evaluate(evaluation.EvalConfig(encoder=str(encoder),
-                                                                            data_root=cfg.data_root)),
+                                                                            data_root=cfg.data_root), fitted),
                   tables.evaluation)
     atomic_write_json(cfg.out / "eval.json", report)  # export carries it into the manifest's metrics
     exported = step("export", lambda: exporting.export(exporting.ExportConfig(
@@ -58,8 +59,9 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> int:
     version = exported["manifest"].version
     step("index", lambda: indexing.build(indexing.BuildConfig(model=version, data_root=cfg.data_root)),
          tables.index_build)
-    probe = step("probe", lambda: evaluation.fit_probe(evaluation.ProbeConfig(model=version,
-                                                                              data_root=cfg.data_root)), tables.probe)
+    warm = getattr(fitted.get("trained"), "probe_model", None)
+    probe = step("probe", lambda: evaluation.fit_probe(evaluation.ProbeConfig(
+        model=version, data_root=cfg.data_root, warm_start=warm)), tables.probe)
     step("promote", lambda: release.promote(version), lambda r: tables.release(r, "promote"))
     atomic_write_json(cfg.out / "demo_report.json", {  # what README's "Measured" quotes (bench/results/demo_quality)
         "version": version, "seconds": seconds, "seconds_until_serving": round(time.monotonic() - started, 1),

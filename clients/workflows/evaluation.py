@@ -70,9 +70,10 @@ class EvalConfig(SplitConfig):
     device: str = "auto"
 
 
-def evaluate(cfg: EvalConfig) -> dict:
+def evaluate(cfg: EvalConfig, keep: dict | None = None) -> dict:
     """Trained vs random-init (``encoder.pt`` only, BatchNorm calibrated on training images) vs raw pixels:
-    ``{name: index.metrics.Scores.as_dict(), "settings": {...}}``."""
+    ``{name: index.metrics.Scores.as_dict(), "settings": {...}}``; ``keep`` receives the fitted classifiers
+    (``index.metrics.evaluate``)."""
     if (cfg.encoder is None) == (cfg.model is None):
         raise ValueError("give either --encoder (a training run's encoder.pt) or --model (a bundle tag)")
     t0 = time.time()
@@ -93,7 +94,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         train, test = cfg.splits(onnx.input_size)
         embedders = {"trained": onnx_embedder(onnx)}
     report = metrics.evaluate(embedders, train.images, train.labels, test.images, test.labels, k=cfg.k,
-                              probe=cfg.probe)
+                              probe=cfg.probe, keep=keep)
     report["settings"] = {"encoder": cfg.encoder or cfg.model, **cfg.protocol(len(train), len(test)),
                           "seconds": round(time.time() - t0, 1)}
     return report
@@ -106,6 +107,7 @@ class ProbeConfig(SplitConfig):
 
     model: str = "latest"
     batch: int = 256
+    warm_start: object = None  # an index.probe.LinearProbe of the same encoder (the demo's eval): fewer iterations
 
 
 def random_init_figures(metrics_: dict) -> dict:
@@ -131,7 +133,7 @@ def fit_probe(cfg: ProbeConfig) -> dict:
     classes = train.classes or [str(i) for i in range(int(train.labels.max()) + 1)]
     embed = onnx_embedder(encoder, cfg.batch)
     trained = metrics.score(embed(train.images), train.labels, embed(test.images), test.labels, classes, k=cfg.k,
-                            encoder_version=encoder.version)
+                            encoder_version=encoder.version, probe_init=cfg.warm_start)
     pixels = metrics.score(metrics.pixel_features(train.images), train.labels,  # the kNN floor (a pixel probe
                            metrics.pixel_features(test.images), test.labels, classes, k=cfg.k, probe=False)  # is slow)
     out = paths.probe_dir(encoder.version)

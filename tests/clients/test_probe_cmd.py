@@ -29,6 +29,15 @@ def test_report_has_all_three_accuracies_above_chance(fitted):
     assert set(acc) == {"linear_probe", "knn", "raw_pixel_knn"} and min(acc.values()) > 0.2  # chance is 0.1
 
 
+def test_the_table_shows_random_init_accuracies_not_its_other_figures(fitted):
+    from clients import tables
+
+    report = json.loads((paths.probe_dir(fitted.version) / "report.json").read_text())
+    report["random_init"] = {"knn": 0.5, "probe": 0.6, "dim": 512, "n_test": 10000, "probe_iterations": 203}
+    rows = [ln.split()[1] for ln in tables.probe(report).splitlines() if ln.startswith("random_init")]
+    assert rows == ["knn", "probe"]
+
+
 def test_saved_classifiers_load_for_their_encoder(fitted, fmnist_test):
     out = paths.probe_dir(fitted.version)
     x = fitted.embed(fmnist_test.images[:50])

@@ -116,3 +116,20 @@ def test_knn_votes_do_not_depend_on_how_the_queries_are_chunked_across_threads()
     whole = knn_votes(bank, labels, queries, (20, 200), 0.07, 5, chunk=1024)
     chunked = knn_votes(bank, labels, queries, (20, 200), 0.07, 5, chunk=7)  # 43 chunks over several threads
     assert all(np.array_equal(whole[k], chunked[k]) for k in (20, 200))
+
+
+def test_a_warm_started_probe_reaches_the_same_optimum_in_fewer_iterations(data):
+    """The demo's probe step starts from the eval's probe of the same encoder (vectors equal to ~1e-7)."""
+    (xtr, ytr), (xte, yte) = data
+    cold = LinearProbe.fit(xtr, ytr, CLASSES)
+    nearly = xtr + np.random.default_rng(3).normal(scale=1e-7, size=xtr.shape).astype(np.float32)
+    warm = LinearProbe.fit(nearly, ytr, CLASSES, init=cold)
+    assert cold.converged and warm.converged and warm.iterations < cold.iterations / 4, (warm.iterations,
+                                                                                         cold.iterations)
+    np.testing.assert_allclose(warm.predict_proba(xte), cold.predict_proba(xte), atol=1e-3)
+
+
+def test_a_probe_of_other_dimensions_is_no_warm_start(data):
+    (xtr, ytr), _ = data
+    other = LinearProbe.fit(xtr[:, :8], ytr, CLASSES)
+    assert LinearProbe.fit(xtr, ytr, CLASSES, init=other).iterations == LinearProbe.fit(xtr, ytr, CLASSES).iterations
