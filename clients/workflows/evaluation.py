@@ -68,6 +68,7 @@ class EvalConfig(SplitConfig):
     model: str | None = None
     probe: bool = True
     device: str = "auto"
+    baselines: bool = True  # raw pixels and (encoder.pt) the random-init encoder beside the trained one
 
 
 def evaluate(cfg: EvalConfig, keep: dict | None = None) -> dict:
@@ -85,8 +86,9 @@ def evaluate(cfg: EvalConfig, keep: dict | None = None) -> dict:
         encoder, _ = load_encoder(cfg.encoder)
         encoder.to(local_device(cfg.device, DistInfo()))
         train, test = cfg.splits(encoder.cfg.input_size)
-        random_init = random_init_like(encoder, calibrate_on=train.images)
-        embedders = {"trained": embedder(encoder), "random_init": embedder(random_init)}
+        embedders = {"trained": embedder(encoder)}
+        if cfg.baselines:
+            embedders["random_init"] = embedder(random_init_like(encoder, calibrate_on=train.images))
     else:
         from clients.workflows.indexing import open_encoder
 
@@ -94,7 +96,7 @@ def evaluate(cfg: EvalConfig, keep: dict | None = None) -> dict:
         train, test = cfg.splits(onnx.input_size)
         embedders = {"trained": onnx_embedder(onnx)}
     report = metrics.evaluate(embedders, train.images, train.labels, test.images, test.labels, k=cfg.k,
-                              probe=cfg.probe, keep=keep)
+                              probe=cfg.probe, raw_pixels=cfg.baselines, keep=keep)
     report["settings"] = {"encoder": cfg.encoder or cfg.model, **cfg.protocol(len(train), len(test)),
                           "seconds": round(time.time() - t0, 1)}
     return report
