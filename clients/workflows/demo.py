@@ -73,10 +73,10 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> int:
     url = f"http://{cfg.host}:{cfg.port}"
     say(f"\n==> serving bundle {version} at {url}  (admin token for /index/add, /index/remove, /admin/reload: "
         f"{token})\n"
-        f"    curl -s -F image=@some.png {url}/embed\n"
-        f"    curl -s -F image=@some.png -F k=5 {url}/search\n"
-        f"    python -c \"from clients.client import EmbeddingClient as C; "
-        f"print(C('{url}').search('some.png', k=5))\"\n")
+        f"    .venv/bin/byol sample-image shirt.png\n"
+        f"    curl -s -F image=@shirt.png {url}/embed\n"
+        f"    curl -s -F image=@shirt.png -F k=5 {url}/search\n"
+        f"    open {url}/ui in a browser (the API's documentation: {url}/)\n")
     return serve(ServeConfig(model=version, host=cfg.host, port=cfg.port))
 
 
