@@ -121,6 +121,8 @@ def main() -> int:
     p.add_argument("--every", type=float, default=0.25, help="seconds between two memory samples")
     p.add_argument("--folder", type=Path, default=Path(tempfile.gettempdir()) / "byol-stream-bench")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="config overrides passed on to byol train (e.g. train.batch_size=64)")
     add_load_args(p)
     args = p.parse_args()
 
@@ -130,6 +132,8 @@ def main() -> int:
     run = Path(tempfile.mkdtemp(prefix="byol-stream-run-"))
     cmd = [str(REPO / ".venv" / "bin" / "byol"), "train", "--data", str(args.folder / "images"), "--size",
            str(args.size), "--minutes", str(args.minutes), "--out", str(run / "run"), "--set", "train.progress=false"]
+    for item in args.overrides:
+        cmd += ["--set", item]
     peak_rss = peak_pss = procs = 0
     with recorded_load(args.strict, args.max_load) as load:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -145,6 +149,7 @@ def main() -> int:
     decoded_at_size = info["files"] * args.size * args.size * 3
     gib = 2**30
     row = {"files": info["files"], "distinct": args.distinct, "size": args.size, "minutes": args.minutes,
+           "overrides": args.overrides,
            "steps": summary["metrics"].get("steps"), "images_per_s": summary["metrics"].get("images_per_s"),
            "peak_rss_trainer_bytes": peak_rss, "peak_pss_tree_bytes": peak_pss, "max_processes": procs,
            "decoded_at_input_size_bytes": decoded_at_size,

@@ -31,6 +31,10 @@ from training.config import DataConfig, EmaConfig, EncoderConfig, HeadsConfig, L
 log = logging.getLogger(__name__)
 
 SIZES = (64, 128, 224)
+# Without a GPU: the batch per preset size and bf16 autocast (``cpu_fast``). Measured at 128 px on 2 cores
+# (``bench/stream_memory.py``, one step's peak RSS of the trainer): batch 256 in fp32 4.6 GiB at ~11 img/s; batch 256
+# in bf16 3.1 GiB at ~40 img/s; batch 128 in fp32 2.8 GiB; the lr follows the batch (lr_base × batch / 256).
+CPU_BATCH = {64: 256, 128: 128, 224: 64}
 SIZE_SAMPLE = 200  # files whose headers give the size distribution
 STATS_SAMPLE = 256  # files decoded for the normalisation statistics
 
@@ -91,8 +95,10 @@ def _for_size(size: int, mean, std) -> TrainConfig:
                        train=LoopConfig(batch_size=256, epochs=200, checkpoint_every=1000, knn_every=0))
 
 
-def folder_preset(root: str | os.PathLike, size: int | None = None) -> tuple[TrainConfig, str]:
-    """``(config, why)`` for training on the images under ``root``; ``size`` forces the input resolution."""
+def folder_preset(root: str | os.PathLike, size: int | None = None, gpu: bool | None = None
+                  ) -> tuple[TrainConfig, str]:
+    """``(config, why)`` for training on the images under ``root``; ``size`` forces the input resolution. ``gpu``
+    (default: whether CUDA is available) False gives the CPU settings: :data:`CPU_BATCH` and bf16 autocast."""
     root = Path(root)
     files = list(iter_image_files(root))
     if not files:
@@ -102,12 +108,20 @@ def folder_preset(root: str | os.PathLike, size: int | None = None) -> tuple[Tra
     sides = short_sides(_sample(files, SIZE_SAMPLE))
     chosen = size or choose_size(sides)
     mean, std = pixel_stats(_sample(files, STATS_SAMPLE, seed=1), chosen)
-    cfg = _for_size(min(SIZES, key=lambda s: abs(s - chosen)), mean, std)
+    nearest = min(SIZES, key=lambda s: abs(s - chosen))
+    cfg = _for_size(nearest, mean, std)
     cfg.encoder = replace(cfg.encoder, input_size=chosen)
+    if gpu is None:
+        import torch
+
+        gpu = torch.cuda.is_available()
+    if not gpu:
+        cfg.train = replace(cfg.train, batch_size=CPU_BATCH[nearest], cpu_fast=True)
     cfg.data = DataConfig(source=str(root), holdout_fraction=0.0)
     median = int(np.median(sides)) if sides else 0
     why = (f"folder preset folder-{chosen}: {len(files)} image files, median shorter side {median} px "
            f"({'--size' if size else 'chosen from the sizes'}) → {chosen} px, {cfg.encoder.arch} "
            f"({cfg.encoder.stem} stem); normalisation from {min(len(files), STATS_SAMPLE)} images: mean "
-           f"{mean}, std {std}")
+           f"{mean}, std {std}" + ("" if gpu else f"; no GPU: batch {cfg.train.batch_size} with bf16 autocast "
+                                                      f"(bounded memory on a CPU)"))
     return cfg, why

@@ -49,7 +49,7 @@ def choose_config(args: argparse.Namespace):
     if args.preset:
         cfg = preset(args.preset)
     elif args.data and not dataset_name(args.data):
-        cfg, why = folder_preset(args.data, args.size)
+        cfg, why = folder_preset(args.data, args.size, gpu=False if args.device == "cpu" else None)
     else:
         cfg = preset("cifar10" if args.data and dataset_name(args.data) == "cifar10" else "fmnist-demo")
     if args.config:

@@ -1,0 +1,49 @@
+"""Folder presets: the resolution from the images' sizes, the statistics from their pixels, and the CPU settings
+(batch and bf16 autocast) when there is no GPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from serving.contract.sources import SourceError
+from training.folder import CPU_BATCH, choose_size, folder_preset
+
+
+def make_folder(root, n: int, side: int, value: int | None = None):
+    rng = np.random.default_rng(0)
+    (root / "a" / "b").mkdir(parents=True)
+    for i in range(n):
+        pixels = rng.integers(0, 256, (side, side + 10, 3), dtype=np.uint8) if value is None else \
+            np.full((side, side + 10, 3), value, np.uint8)
+        Image.fromarray(pixels).save(root / ("a/b" if i % 2 else "a") / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize(("sides", "size"), [([40, 60, 80], 64), ([150, 160, 200], 128), ([300, 1000, 500], 224)])
+def test_the_size_follows_the_median_shorter_side(sides, size):
+    assert choose_size(sides) == size
+
+
+def test_a_folder_of_150_px_images_gets_the_128_px_preset_with_its_own_statistics(tmp_path):
+    cfg, why = folder_preset(make_folder(tmp_path, 12, 150, value=51), gpu=True)
+    assert cfg.encoder.input_size == 128 and "folder-128" in why and "12 image files" in why
+    assert cfg.encoder.mean == pytest.approx((0.2,) * 3, abs=0.01) and max(cfg.encoder.std) < 0.01  # all grey 51
+
+
+def test_without_a_gpu_the_preset_trains_a_smaller_batch_in_bf16_and_says_so(tmp_path):
+    folder = make_folder(tmp_path, 6, 150)
+    gpu, _ = folder_preset(folder, gpu=True)
+    cpu, why = folder_preset(folder, gpu=False)
+    assert (gpu.train.batch_size, gpu.train.cpu_fast) == (256, False)
+    assert (cpu.train.batch_size, cpu.train.cpu_fast) == (CPU_BATCH[128], True) and "no GPU" in why
+    assert cpu.encoder == gpu.encoder and cpu.optim == gpu.optim  # the lr follows the batch by lr_base × batch/256
+
+
+def test_size_forces_the_resolution_and_an_empty_folder_is_an_error(tmp_path):
+    cfg, why = folder_preset(make_folder(tmp_path / "f", 4, 150), size=64, gpu=True)
+    assert cfg.encoder.input_size == 64 and "--size" in why
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SourceError, match="no image files"):
+        folder_preset(tmp_path / "empty")
