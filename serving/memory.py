@@ -17,6 +17,8 @@ import os
 
 log = logging.getLogger(__name__)
 _LIBC: list = []
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+MMAP_THRESHOLD = 128 * 2**10  # allocations from this size get pages of their own, given back when freed
 
 
 def rss_bytes() -> int:
@@ -28,14 +30,37 @@ def rss_bytes() -> int:
         return 0
 
 
-def _trim():
+def _libc():
     if not _LIBC:
         try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            _LIBC.append(libc.malloc_trim)
-        except (OSError, AttributeError):
+            _LIBC.append(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"))
+        except OSError:
             _LIBC.append(None)
     return _LIBC[0]
+
+
+def _trim():
+    return getattr(_libc(), "malloc_trim", None)
+
+
+def configure_allocator(threshold: int = MMAP_THRESHOLD) -> bool:
+    """Fix glibc's mmap threshold (and the trim threshold) at ``threshold``: every allocation of 128 KiB or more —
+    image batches, vectors, ONNX Runtime's buffers, index arrays — then maps pages of its own that go back to the OS
+    when freed. Returns whether it was applied.
+
+    Why: glibc raises its mmap threshold by itself (up to 32 MiB) each time a mapped block is freed, after which
+    large arrays come from the per-thread heap arenas, where small long-lived objects pin them and even
+    ``malloc_trim`` cannot give the pages back. Measured with ``bench/soak.py`` (10,000 mixed requests, 12 swaps):
+    the worker ended at 230 MB against 167 MB for a fresh worker holding the same data (+38 %); with the threshold
+    fixed, 173 MB against 165 MB (+5 %), and 174 MB after warm-up. Left alone when the operator set
+    ``MALLOC_MMAP_THRESHOLD_`` (their choice).
+    """
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_"):
+        return False
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None:  # not glibc
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, threshold)) and bool(mallopt(M_TRIM_THRESHOLD, threshold))
 
 
 def release() -> int:

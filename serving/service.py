@@ -31,7 +31,7 @@ from pydantic import Field
 
 from index.collection import Collection
 from index.vector_index import set_omp_threads
-from serving import deadline, items, metrics, multipart, openapi, paths, web
+from serving import deadline, items, memory, metrics, multipart, openapi, paths, web
 from serving import http_helpers as h
 from serving.contract.bundle import MODEL_NAME, BundleError
 from serving.errors import Conflict
@@ -42,11 +42,13 @@ from serving.upload_guard import UploadGuard
 log = logging.getLogger("byol.service")
 
 # BentoML imports this module as its entry point, so the entry point configures explicitly, here and only here:
-# BENTOML_HOME under BYOL_HOME unless set (the model store is first read just below, by the class attribute), and
+# BENTOML_HOME under BYOL_HOME unless set (the model store is first read just below, by the class attribute), the
+# allocator's mmap threshold (serving.memory: memory a swap frees goes back to the OS), and
 # request deadlines that do not keep every request alive for the whole timeout (serving.deadline), and request
 # metrics labelled by route template, not by item id (serving.metrics), and multipart inputs built from the edge's
 # parse (serving.multipart).
 paths.use_store()
+memory.configure_allocator()
 deadline.install()
 metrics.install_route_labels()
 multipart.install()
