@@ -89,7 +89,8 @@ class LinearProbe:
 
         ``init``: a probe fitted on nearly the same vectors (the same encoder through PyTorch rather than ONNX
         Runtime, equal to ~1e-7) to start from: the optimum is the same, reached in a few iterations instead of
-        hundreds. Ignored when its dimensions or classes differ."""
+        hundreds. Its rows follow the same integer labels (names aside: an evaluation names classes by index, a
+        saved probe by name); ignored when its shape differs."""
         X = np.asarray(X)
         if X.ndim != 2 or len(X) == 0:
             raise IndexStoreError(f"probe needs a non-empty [N, D] array, got shape {list(X.shape)}")
@@ -103,7 +104,7 @@ class LinearProbe:
         lookup = np.full(len(classes), -1)
         lookup[seen] = np.arange(len(seen))
         x0 = None
-        if init is not None and init.coef.shape == (len(classes), X.shape[1]) and init.classes == list(classes):
+        if init is not None and init.coef.shape == (len(classes), X.shape[1]):
             x0 = np.vstack([init.coef[seen].T, init.intercept[seen][None]])
         w, b, iterations, converged = _fit_softmax((X - mean) / scale, lookup[y], len(seen), l2, max_iter, x0)
         coef = np.zeros((len(classes), X.shape[1]))

@@ -71,3 +71,25 @@ def test_unlabelled_folder_exits_nonzero_with_one_line(registered_bundle, fmnist
     code = byol(["probe", "fit", "--model", registered_bundle, "--data", str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1 and "2 labelled classes" in err[0]
+
+
+def test_the_demo_probe_step_starts_from_the_evaluations_probe(registered_bundle, fmnist_root):
+    """The eval names classes by index, the saved probe by name: the warm start must still take (few iterations)."""
+    from clients.workflows.evaluation import EvalConfig, ProbeConfig, evaluate, fit_probe
+
+    subset = dict(data_root=str(fmnist_root), max_train=1000, max_test=300)
+    fitted: dict = {}
+    evaluate(EvalConfig(model=registered_bundle, **subset), fitted)
+    cold = fitted["trained"].probe_model
+    warm = fit_probe(ProbeConfig(model=registered_bundle, warm_start=cold, **subset))["evaluation"]["trained"]
+    assert warm["probe_converged"] and warm["probe_iterations"] < cold.iterations / 4, (warm, cold.iterations)
+    assert abs(warm["probe"] - accuracy_of(cold, registered_bundle, fmnist_root)) < 0.01
+
+
+def accuracy_of(probe, tag, fmnist_root) -> float:
+    from clients.workflows.evaluation import SplitConfig, onnx_embedder
+
+    encoder = OnnxEncoder(bundle_path(tag))
+    _, test = SplitConfig(data_root=str(fmnist_root), max_train=1000, max_test=300).splits(encoder.input_size)
+    x = onnx_embedder(encoder)(test.images)
+    return float((probe.predict_proba(x).argmax(1) == test.labels).mean())
