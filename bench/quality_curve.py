@@ -55,6 +55,7 @@ def plot(rows: list[dict], baselines: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     minutes = [r["minutes"] for r in rows]
@@ -65,6 +66,7 @@ def plot(rows: list[dict], baselines: dict, path: Path) -> None:
                    label=f"{name.replace('_', ' ')}, kNN@20")
     ax.set_xscale("log")
     ax.set_xticks(minutes, [f"{m:g}" for m in minutes])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("training minutes (2 CPU cores)")
     ax.set_ylabel("accuracy on Fashion-MNIST test (%)")
     ax.set_title("Standard protocol: 60k bank, 10k queries")
