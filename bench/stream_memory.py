@@ -72,28 +72,6 @@ def make_folder(root: Path, n: int, distinct: int, min_side: int, max_side: int,
     return info
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            try:
-                out += [int(p) for p in (task / "children").read_text().split()]
-            except OSError:
-                pass
-    except OSError:
-        pass
-    return out
-
-
-def tree(pid: int) -> list[int]:
-    pids, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        pids.append(p)
-        todo += _children(p)
-    return pids
-
-
 def _field(pid: int, name: str, path: str) -> int:
     try:
         with open(f"/proc/{pid}/{path}") as fh:
@@ -104,7 +82,9 @@ def _field(pid: int, name: str, path: str) -> int:
 
 def sample(pid: int) -> tuple[int, int, int]:
     """(RSS of ``pid``, PSS of its process tree, processes in the tree), in bytes."""
-    pids = tree(pid)
+    from clients.local_server import descendants
+
+    pids = [pid, *descendants(pid)]
     return _field(pid, "VmRSS:", "status"), sum(_field(p, "Pss:", "smaps_rollup") for p in pids), len(pids)
 
 

@@ -45,6 +45,14 @@ def ort_threads(env=None) -> int:
     return threads
 
 
+def _served_encoder(tag: str) -> OnnxEncoder:
+    """Bundle ``tag``'s graph as served: ``BYOL_ENCODER_FILE`` picks it, ``BYOL_ORT_THREADS`` sizes its threads."""
+    from serving.store import bundle_path
+
+    return OnnxEncoder(bundle_path(tag), intra_op_threads=ort_threads(),
+                       onnx_file=os.environ.get(GRAPH_ENV, "").strip() or None)
+
+
 def resolve_tag(explicit: str | None = None) -> str:
     """Which bundle to serve: an explicit tag, else ``$BYOL_MODEL_TAG``, else — inside a built Bento — the encoder it
     packed, else the promoted release, else latest."""
@@ -241,10 +249,7 @@ def check_bundle(tag: str) -> str:
 
     Cheap enough to run before a server starts, so a missing or corrupt bundle ends with one line there.
     """
-    from serving.store import bundle_path
-
-    encoder = OnnxEncoder(bundle_path(tag), intra_op_threads=ort_threads(),
-                          onnx_file=os.environ.get(GRAPH_ENV, "").strip() or None)
+    encoder = _served_encoder(tag)
     _test_run(encoder)
     return encoder.version
 
@@ -267,10 +272,7 @@ def load_runtime(tag: str, *, max_batch_size: int = MAX_BATCH_SIZE, max_wait_ms:
     A missing index or probe is not an error here (embedding still works); the endpoints needing them answer 409
     with the reason. A *present but mismatched* index or probe is an error: it would answer with wrong results.
     """
-    from serving.store import bundle_path
-
-    encoder = OnnxEncoder(bundle_path(tag), intra_op_threads=ort_threads(),
-                          onnx_file=os.environ.get(GRAPH_ENV, "").strip() or None)
+    encoder = _served_encoder(tag)
     version = encoder.version
     _test_run(encoder)
     missing: dict[str, str] = {}

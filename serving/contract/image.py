@@ -2,7 +2,8 @@
 
 Decoding cost is bounded before any pixel is decoded: only the supported formats' plugins are tried, the size read
 from the header is checked against :class:`ImageLimits`, and icon frames (which Pillow decodes while opening) are
-measured from their own headers first. :func:`image_size` lets a caller budget a whole request the same way.
+measured from their own headers first. :func:`open_image` lets a caller budget a whole request the same way
+(sizes of every image first, then :func:`load_opened` each).
 
 Serving, index building, evaluation of folders and the export parity check all call this, so a vector never
 depends on who decoded the pixels. Normalisation (mean/std) is *not* here: it lives inside the ONNX graph.
@@ -111,16 +112,6 @@ def _unidentified(data: bytes) -> ImageError:
     if other and other not in SUPPORTED_FORMATS:
         return ImageError(f"unsupported image format {other!r}; supported: {', '.join(sorted(SUPPORTED_FORMATS))}")
     return ImageError("not an image: the bytes are no image format we can read")
-
-
-def image_size(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> tuple[int, int]:
-    """``(width, height)`` of an upload from its header alone (limits enforced, no pixel decoded): what a caller
-    needs to budget the decoding of a whole request before starting it."""
-    img = open_image(data, limits)
-    try:
-        return img.size
-    finally:
-        img.close()
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
