@@ -342,7 +342,10 @@ def soak(args, home: Path, load_before) -> dict:
         server.stop()
     rss_fresh = fresh_rss(a, b, queries)
     doc = summary(load, elapsed, rss_end, rss_fresh, checks, load_before, os.getloadavg(), args)
-    doc["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+    from bench.machine import cpu_info
+
+    doc["machine"] = {"cpus": os.cpu_count(), "cpu": cpu_info(), "platform": platform.platform(),
+                      "python": platform.python_version(),
                       "note": "the load generator shares the CPU with the server"}
     doc["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return doc

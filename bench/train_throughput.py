@@ -29,6 +29,7 @@ import torch
 from training.augment import AugmentConfig, BYOLAugment, ViewConfig, blur_radius
 from training.config import TrainConfig, preset
 from training.optim import build_lars
+from training.precision import choose, set_tf32
 from training.schedules import scaled_lr
 from training.train import Online, make_target, train_step
 from training.tv import import_torchvision
@@ -80,6 +81,8 @@ class Shape:
     budget_s: float  # step timing budget (both pipelines together)
     min_rounds: int
     max_rounds: int
+    precision: str = "auto"  # training.precision: auto measures fp32/bf16 and the layout on this step
+    precision_layout: bool | str = "auto"
 
 
 def _pool(size: int, seed: int = 0) -> tuple[np.ndarray, str]:
@@ -137,8 +140,10 @@ def measure(shape: Shape, device: torch.device, aug_budget_s: float, seed: int =
     o = cfg.optim
     lr = scaled_lr(o.lr_base, b)
     opt = build_lars(online, lr, o.momentum, o.weight_decay, o.trust)
-    cuda = device.type == "cuda"
-    amp, channels_last = cfg.train.amp and cuda, cfg.train.channels_last and cuda
+    set_tf32(device)
+    choice = choose(online, target, ours, (b, size, size, 3), shape.precision, shape.precision_layout,
+                    {"lr": lr, "momentum": o.momentum, "weight_decay": o.weight_decay, "trust": o.trust}, device)
+    amp, channels_last = choice.amp, choice.channels_last  # the same step for both pipelines
     if channels_last:
         online, target = online.to(memory_format=torch.channels_last), target.to(memory_format=torch.channels_last)
 
@@ -158,7 +163,7 @@ def measure(shape: Shape, device: torch.device, aug_budget_s: float, seed: int =
         "aug_rounds": aug["rounds"], "step_rounds": steps["rounds"],
         "aug_ours_img_s": b * aug["rounds"] / aug["ours_s"], "aug_ref_img_s": b * aug["rounds"] / aug["ref_s"],
         "step_ours_img_s": b * steps["rounds"] / steps["ours_s"],
-        "step_ref_img_s": b * steps["rounds"] / steps["ref_s"],
+        "step_ref_img_s": b * steps["rounds"] / steps["ref_s"], "precision": choice.as_dict(),
     }
     row["aug_ratio"] = row["aug_ours_img_s"] / row["aug_ref_img_s"]
     row["step_ratio"] = row["step_ours_img_s"] / row["step_ref_img_s"]
@@ -174,17 +179,21 @@ def _shapes(args) -> list[Shape]:
         hidden, out = (int(v) for v in args.heads.split(","))
         demo.heads.projector_hidden = demo.heads.predictor_hidden = hidden
         demo.heads.out_dim = out
-    shapes = [Shape("fmnist-demo", demo, args.batch, args.budget, min_rounds=2, max_rounds=1000)]
+    prec = {"precision": args.precision, "precision_layout": _layout(args.channels_last)}
+    shapes = [Shape("fmnist-demo", demo, args.batch, args.budget, min_rounds=2, max_rounds=1000, **prec)]
     if args.cifar_steps > 0:
         cifar = preset("cifar10")
-        shapes.append(Shape("cifar10", cifar, args.cifar_batch, 0.0, args.cifar_steps, args.cifar_steps))
+        shapes.append(Shape("cifar10", cifar, args.cifar_batch, 0.0, args.cifar_steps, args.cifar_steps, **prec))
     return shapes
 
 
 def machine_info(device: torch.device) -> dict:
     tv = import_torchvision()
+    from bench.machine import cpu_info
+
     info = {
-        "device": str(device), "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "device": str(device), "cpu_cores": os.cpu_count(), "cpu": cpu_info(),
+        "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__, "torchvision": tv.__version__, "python": platform.python_version(),
         "platform": platform.platform(), "load_avg_1m_at_start": round(os.getloadavg()[0], 2),
         "time_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -220,6 +229,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cifar-steps", type=int, default=None, help="timed CIFAR-shape steps per pipeline (0: skip)")
     p.add_argument("--cifar-batch", type=int, default=None, help="batch of the CIFAR shape (default: 16 on CPU)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="precision of the step, both pipelines (auto: the faster here, as training chooses it)")
+    p.add_argument("--channels-last", default="auto", choices=("auto", "true", "false"))
     p.add_argument("--quick", action="store_true", help="~20 s: short budgets, demo shape only")
     p.add_argument("--out", type=Path, help="JSON path (default: bench/results/train_throughput_<device>.json)")
     args = p.parse_args(argv)
@@ -249,6 +261,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"measuring {shape.name} (batch {shape.batch}) on {device} ...", file=sys.stderr, flush=True)
         rows.append(measure(shape, device, args.aug_budget))
     print(_table(rows))
+    from bench.machine import cpu_line
+
+    print(cpu_line(info["cpu"]) + "; precision " + ", ".join(
+        f"{r['shape']} {r['precision']['precision']}{'+channels_last' if r['precision']['channels_last'] else ''}"
+        for r in rows))
     print("img/s = source images per second (each yields two views); × = ours / reference; "
           f"device {device}, {info['cpu_cores']} cores, {info['torch_threads']} torch threads, "
           f"load {info['load_avg_1m_at_start']}")
@@ -259,6 +276,10 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_json(out, {"benchmark": "train_throughput", "machine": info, "quick": args.quick, "results": rows})
     print(f"wrote {out}")
     return 0
+
+
+def _layout(text: str) -> bool | str:
+    return text if text == "auto" else text == "true"
 
 
 if __name__ == "__main__":

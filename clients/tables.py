@@ -9,8 +9,17 @@ from __future__ import annotations
 def training(res) -> str:
     m = res.metrics
     knn = f", holdout kNN {m['holdout_knn']:.4f}" if "holdout_knn" in m else ""
-    return (f"trained {res.steps} steps in {m['train_minutes']} min ({m['images_per_s']} img/s), "
+    return (f"trained {res.steps} steps in {m['train_minutes']} min ({m['images_per_s']} img/s{precision(m)}), "
             f"final loss {m['final_loss']:.4f}{knn}\nencoder: {res.encoder_path}\ncheckpoint: {res.checkpoint_path}")
+
+
+def precision(metrics: dict) -> str:
+    """``, fp32 + channels_last (measured)`` — what the run trained in, from its own record."""
+    p = metrics.get("precision") or {}
+    if not p:
+        return ""
+    how = "measured" if p.get("images_per_s") else "as configured"
+    return f", {p['precision']}{' + channels_last' if p.get('channels_last') else ''} ({how})"
 
 
 def _pct(scores: dict, metric: str) -> str:

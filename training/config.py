@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from training.augment import AugmentConfig, ViewConfig
 from training.networks import EncoderConfig
 
+PRECISIONS = ("fp32", "bf16")  # train.precision besides "auto" (training.precision measures which is faster)
+AUTO_KEYS = ("train.channels_last",)  # bools that may also be "auto" (measured)
 FMNIST_MEAN, FMNIST_STD = (0.286, 0.286, 0.286), (0.353, 0.353, 0.353)
 CIFAR_MEAN, CIFAR_STD = (0.491, 0.482, 0.447), (0.247, 0.243, 0.262)
 
@@ -82,12 +84,18 @@ class LoopConfig:
     log_dir: str = "tb"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    amp: bool = True  # bf16 autocast on GPU
-    channels_last: bool = True  # on GPU
-    cpu_fast: bool = False  # on CPU: bf16 autocast + channels_last (pays with avx512_bf16 / AMX: measure)
+    # auto: the faster on this machine, timed on the run's own step (training.precision); bf16 = autocast
+    precision: str = "auto"  # auto | fp32 | bf16 (fp32 is TF32 on CUDA)
+    channels_last: bool | str = "auto"  # auto | true | false
     compile: bool = False  # torch.compile the networks of the step (compile time is paid once per run)
     collapse_std: float = 1e-4  # abort when the per-dim std of normalised embeddings falls below this
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("auto", *PRECISIONS):
+            raise ValueError(f"train.precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.channels_last not in ("auto", True, False):
+            raise ValueError(f"train.channels_last must be auto, true or false, got {self.channels_last!r}")
 
 
 @dataclass
@@ -105,8 +113,24 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        """Rebuild from ``to_dict`` output (or a partial dict: missing keys keep the defaults)."""
+        """Rebuild from ``to_dict`` output (or a partial dict: missing keys keep the defaults); dicts written
+        before ``train.precision`` existed are read too (:func:`legacy_train`)."""
+        if isinstance(d, dict) and isinstance(d.get("train"), dict):
+            d = {**d, "train": legacy_train(d["train"])}
         return _merge(cls(), d, "")
+
+
+def legacy_train(t: dict) -> dict:
+    """Checkpoints, encoders and bundles written before precision was measured carry ``amp`` (bf16 on GPU),
+    ``cpu_fast`` (bf16 + channels_last on CPU) and a bool ``channels_last`` (GPU only). They meant a fixed
+    choice per device, which no longer exists: a run that had ``cpu_fast`` ran bf16 + channels_last, one pinned
+    to the CPU without it fp32 (both kept, so resuming them stays bit-exact); the others are measured again."""
+    if "amp" not in t and "cpu_fast" not in t:
+        return t
+    fast, cpu = bool(t.get("cpu_fast", False)), t.get("device") == "cpu"
+    t = {k: v for k, v in t.items() if k not in ("amp", "cpu_fast")}
+    t["precision"], t["channels_last"] = ("bf16", True) if fast else ("fp32", False) if cpu else ("auto", "auto")
+    return t
 
 
 def _merge(template, d: dict, prefix: str):
@@ -138,7 +162,7 @@ def _parse(text: str, current, key: str):
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
         value = text
-    if isinstance(current, bool) and not isinstance(value, bool):
+    if isinstance(current, bool) and not isinstance(value, bool) and not (key in AUTO_KEYS and value == "auto"):
         raise ValueError(f"config key {key!r} expects true/false, got {text!r}")
     if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
@@ -197,7 +221,7 @@ def _fmnist_demo() -> TrainConfig:
         ema=EmaConfig(tau_base=0.99),
         data=DataConfig(source="fashion-mnist", holdout_fraction=0.0, monitor_on_test=True),
         train=LoopConfig(batch_size=128, steps=3000, epochs=None, max_minutes=6.0, checkpoint_every=500,
-                         knn_every=500, knn_max_train=5000, cpu_fast=True),
+                         knn_every=500, knn_max_train=5000),
     )
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.contract.atomic import atomic_write_bytes
-from training.config import TrainConfig
+from training.config import TrainConfig, legacy_train
 
 CONFIG_FILE = "config.yaml"  # what every run directory holds: the resolved config of the run
 
@@ -33,8 +33,9 @@ class ConfigFileError(ValueError):
     """A config file that cannot be read, is not YAML, or names an unknown key / a value of the wrong type."""
 
 
-def to_yaml(cfg: TrainConfig) -> str:
-    """The whole config as YAML, sections in the dataclass order, tuples written as flow lists (``[0.3, 1.0]``)."""
+def to_yaml(cfg: TrainConfig, note: str = "") -> str:
+    """The whole config as YAML, sections in the dataclass order, tuples written as flow lists (``[0.3, 1.0]``);
+    ``note`` becomes comment lines under the header."""
     import yaml
 
     def plain(value: Any) -> Any:
@@ -48,7 +49,8 @@ def to_yaml(cfg: TrainConfig) -> str:
         pass
 
     _Dumper.add_representer(_Flow, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))
-    return HEADER + yaml.dump(plain(cfg.to_dict()), Dumper=_Dumper, sort_keys=False, default_flow_style=False,
+    comment = "".join(f"# {line}\n" for line in note.splitlines())
+    return HEADER + comment + yaml.dump(plain(cfg.to_dict()), Dumper=_Dumper, sort_keys=False, default_flow_style=False,
                               allow_unicode=True)
 
 
@@ -56,9 +58,9 @@ class _Flow(list):
     """A sequence written inline (``crop_scale: [0.3, 1.0]``): a pair reads better on one line."""
 
 
-def save_config(cfg: TrainConfig, path: str | Path) -> Path:
+def save_config(cfg: TrainConfig, path: str | Path, note: str = "") -> Path:
     """Write ``cfg`` as YAML, atomically (a crash never leaves half a config beside a run)."""
-    return atomic_write_bytes(path, to_yaml(cfg).encode("utf-8"))
+    return atomic_write_bytes(path, to_yaml(cfg, note).encode("utf-8"))
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -90,6 +92,8 @@ def read_yaml(path: str | Path) -> dict:
 def overlay(base: TrainConfig, data: dict, source: str = "config") -> TrainConfig:
     """``base`` with every key of ``data`` (a nested mapping like ``to_dict()``'s) checked, typed and applied."""
     merged = copy.deepcopy(base.to_dict())
+    if isinstance(data, dict) and isinstance(data.get("train"), dict):  # a file written before train.precision
+        data = {**data, "train": legacy_train(data["train"])}
     try:
         _apply(base, data, merged, "")
         return TrainConfig.from_dict(merged)

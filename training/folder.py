@@ -31,9 +31,9 @@ from training.config import DataConfig, EmaConfig, EncoderConfig, HeadsConfig, L
 log = logging.getLogger(__name__)
 
 SIZES = (64, 128, 224)
-# Without a GPU: the batch per preset size and bf16 autocast (``cpu_fast``). Measured at 128 px on 2 cores
-# (``bench/stream_memory.py``, one step's peak RSS of the trainer): batch 256 in fp32 4.6 GiB at ~11 img/s; batch 256
-# in bf16 3.1 GiB at ~40 img/s; batch 128 in fp32 2.8 GiB; the lr follows the batch (lr_base × batch / 256).
+# Without a GPU: the batch per preset size (precision is measured at the start: training.precision). Measured at
+# 128 px on 2 cores (``bench/stream_memory.py``, one step's peak RSS of the trainer): batch 256 in fp32 4.6 GiB at
+# ~11 img/s; batch 256 in bf16 3.1 GiB at ~40 img/s; batch 128 in fp32 2.8 GiB; the lr follows the batch.
 CPU_BATCH = {64: 256, 128: 128, 224: 64}
 SIZE_SAMPLE = 200  # files whose headers give the size distribution
 STATS_SAMPLE = 256  # files decoded for the normalisation statistics
@@ -116,12 +116,12 @@ def folder_preset(root: str | os.PathLike, size: int | None = None, gpu: bool | 
 
         gpu = torch.cuda.is_available()
     if not gpu:
-        cfg.train = replace(cfg.train, batch_size=CPU_BATCH[nearest], cpu_fast=True)
+        cfg.train = replace(cfg.train, batch_size=CPU_BATCH[nearest])
     cfg.data = DataConfig(source=str(root), holdout_fraction=0.0)
     median = int(np.median(sides)) if sides else 0
     why = (f"folder preset folder-{chosen}: {len(files)} image files, median shorter side {median} px "
            f"({'--size' if size else 'chosen from the sizes'}) → {chosen} px, {cfg.encoder.arch} "
            f"({cfg.encoder.stem} stem); normalisation from {min(len(files), STATS_SAMPLE)} images: mean "
-           f"{mean}, std {std}" + ("" if gpu else f"; no GPU: batch {cfg.train.batch_size} with bf16 autocast "
-                                                      f"(bounded memory on a CPU)"))
+           f"{mean}, std {std}" + ("" if gpu else f"; no GPU: batch {cfg.train.batch_size} (bounded memory "
+                                                      f"on a CPU)"))
     return cfg, why

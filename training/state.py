@@ -8,7 +8,7 @@ bookkeeping. :func:`checkpoint_payload` writes exactly that, :func:`restore` rea
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -23,6 +23,7 @@ from training.data import Batcher, load_training_data
 from training.distributed import DistInfo
 from training.errors import TrainingError
 from training.optim import build_lars
+from training.precision import Choice, choose
 from training.schedules import scaled_lr
 from training.stream import FileSet, StreamBatcher, build_cache
 
@@ -49,6 +50,7 @@ class TrainState:
     calibrated: bool = False
     elapsed_before: float = 0.0
     history: dict = field(default_factory=dict)
+    precision: dict = field(default_factory=dict)  # training.precision.Choice.as_dict() of the run's first session
 
 
 def starting_point(cfg: TrainConfig, ckpt_path: Path, resume: bool,
@@ -136,8 +138,6 @@ def build_state(cfg: TrainConfig, data: ImageSet | FileSet, device: torch.device
     torch.manual_seed(t.seed)  # identical init on every rank (the target is copied before DDP wraps online)
     online = Online(cfg).to(device)
     is_cuda = device.type == "cuda"
-    if t.channels_last if is_cuda else t.cpu_fast:
-        online = online.to(memory_format=torch.channels_last)
     if dist_info.enabled and is_cuda:
         online = nn.SyncBatchNorm.convert_sync_batchnorm(online)
     target = make_target(online)
@@ -150,6 +150,28 @@ def build_state(cfg: TrainConfig, data: ImageSet | FileSet, device: torch.device
     total = total_steps(cfg, batcher.steps_per_epoch)
     return TrainState(cfg, online, target, optimizer, augment, generator, batcher, peak_lr, total,
                       warmup_steps(cfg, total, calibrated=t.max_minutes is None), calibrated=t.max_minutes is None)
+
+
+def choose_precision(state: TrainState, device: torch.device, dist_info: DistInfo) -> Choice:
+    """``train.precision`` / ``train.channels_last`` resolved (measured when ``auto``: :mod:`training.precision`)
+    and applied: the networks take the chosen memory layout, and the run's config says what it runs — so
+    ``config.yaml`` and the checkpoint record the choice and a resume reuses it instead of measuring again."""
+    t = state.cfg.train
+    local = t.batch_size // dist_info.world_size
+    size = state.cfg.encoder.input_size
+    shape = (local, 2, size, size, 3) if isinstance(state.batcher, StreamBatcher) else (local, size, size, 3)
+    o = state.cfg.optim
+    optim = {"lr": state.peak_lr, "momentum": o.momentum, "weight_decay": o.weight_decay, "trust": o.trust,
+             "clip_lr": o.clip_lr}
+    choice = choose(state.online, state.target, state.augment, shape, t.precision, t.channels_last, optim, device,
+                    distributed=dist_info.enabled)
+    layout = torch.channels_last if choice.channels_last else torch.contiguous_format
+    state.online.to(memory_format=layout)
+    state.target.to(memory_format=layout)
+    state.cfg = replace(state.cfg, train=replace(t, precision=choice.precision, channels_last=choice.channels_last))
+    if choice.measured or not state.precision:
+        state.precision = choice.as_dict()
+    return choice
 
 
 def warmup_steps(cfg: TrainConfig, total: int, calibrated: bool = True) -> int | None:
@@ -189,6 +211,7 @@ def restore(state: TrainState, ckpt: dict) -> None:
     state.batcher.load_state_dict(ckpt["data"])
     set_rng_state(ckpt["rng"], state.generator)
     state.history = ckpt.get("history", {})
+    state.precision = ckpt.get("precision", {})
 
 
 def checkpoint_payload(state: TrainState, elapsed_s: float) -> dict:
@@ -200,7 +223,7 @@ def checkpoint_payload(state: TrainState, elapsed_s: float) -> dict:
         "warmup_steps": state.warmup_steps,
         "calibrated": state.calibrated, "elapsed_s": elapsed_s, "data": state.batcher.state_dict(),
         "rng": rng_state(state.generator), "config": state.cfg.to_dict(),
-        "encoder_config": state.cfg.encoder.to_dict(), "history": state.history,
+        "encoder_config": state.cfg.encoder.to_dict(), "history": state.history, "precision": state.precision,
     }
 
 

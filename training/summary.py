@@ -30,7 +30,7 @@ def start_run(out_dir: Path, state: TrainState, data: Any) -> Any:
     """Rank 0 at the start of every session: ``config.yaml`` (the config this run really runs, a resumed one's
     included), the TensorBoard writer, and a picture of the views at the session's first step. Returns the writer."""
     try:
-        save_config(state.cfg, out_dir / CONFIG_FILE)
+        save_config(state.cfg, out_dir / CONFIG_FILE, precision_note(state.precision))
     except ImportError as exc:  # PyYAML comes with the base install (via BentoML); a bare torch box may lack it
         log.warning("no %s: %s (pip install pyyaml)", CONFIG_FILE, exc)
     writer = open_writer(out_dir / state.cfg.train.log_dir, state.step)
@@ -38,6 +38,19 @@ def start_run(out_dir: Path, state: TrainState, data: Any) -> Any:
     if images is not None:
         log_view_pairs(writer, state.augment, images, state.step, state.cfg.train.seed)
     return writer
+
+
+def precision_note(precision: dict) -> str:
+    """The comment ``config.yaml`` carries when ``auto`` chose the precision: what was measured, and how to have
+    it measured again on another machine (the file itself says what this run ran)."""
+    if not precision.get("images_per_s"):
+        return ""
+    speeds = ", ".join(f"{k} {v:,.0f} img/s" for k, v in precision["images_per_s"].items())
+    asked = ", ".join(f"{k}: {v}" for k, v in precision.get("asked", {}).items())
+    return (f"train.precision / train.channels_last were measured here ({asked} → {precision['precision']}, "
+            f"channels_last {str(precision['channels_last']).lower()}): {speeds}.\n"
+            f"On another machine set them back to auto to measure again (--set train.precision=auto "
+            f"--set train.channels_last=auto).")
 
 
 def preview_images(state: TrainState, data: Any) -> np.ndarray | None:
@@ -57,6 +70,7 @@ def run_metrics(state: TrainState, stopped: str, logger: StepLogger, budget: Tim
     """Where the run ended and why (``stopped``: done, stop_after or time_budget), its last logged loss and
     embedding std, and its speed over this session's steps (``start_step``: where this session began)."""
     return {"steps": state.step, "total_steps": state.total_steps, "stopped": stopped,
+            "precision": state.precision,
             "final_loss": logger.last_loss, "embedding_std": logger.last_std,
             "train_minutes": round(budget.elapsed() / 60, 2),
             "images_per_s": round((state.step - start_step) * state.cfg.train.batch_size

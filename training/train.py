@@ -6,6 +6,7 @@ This module is the loop and nothing else; each of its jobs lives in a module of 
 - :mod:`training.state`: the run's state, built fresh, restored for ``--resume`` or seeded ``init_from`` a parent,
   and the checkpoint payload (bit-identical resume on CPU: every RNG and the data position are in it);
 - :mod:`training.budget`: ``train.max_minutes`` (the horizon K lowered to the steps that fit);
+- :mod:`training.precision`: fp32 or bf16, contiguous or channels_last, measured on this machine (``auto``);
 - :mod:`training.steplog`: TensorBoard, progress bar, NaN and collapse aborts;
 - :mod:`training.monitor`: holdout kNN every ``train.knn_every`` steps;
 - :mod:`training.summary`: ``config.yaml`` at the start; ``encoder.pt``, ``summary.json``, TensorBoard hparams and
@@ -28,10 +29,12 @@ from training.config import TrainConfig
 from training.distributed import DistInfo, cleanup, env_info, init_distributed, local_device
 from training.errors import TrainingError
 from training.monitor import KnnMonitor
+from training.precision import set_tf32
 from training.schedules import lr_at, tau_at
 from training.state import (
     build_state,
     checkpoint_payload,
+    choose_precision,
     ddp_model,
     load_weights,
     restore,
@@ -68,6 +71,7 @@ def train(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, data: ImageS
     device = local_device(cfg.train.device, dist_info)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels once
+        set_tf32(device)  # "fp32" on CUDA is TF32 (training.precision)
     init_distributed(dist_info, device)
     try:
         return _train(cfg, Path(out_dir), dist_info, device, resume, data, holdout, init_from, stop_after)
@@ -82,8 +86,7 @@ def _train(cfg: TrainConfig, out_dir: Path, dist_info: DistInfo, device: torch.d
     Every rank runs it; rank 0 (``main``) alone writes files, TensorBoard, the bar and the kNN monitor."""
     ckpt_path, enc_path, main = out_dir / "checkpoint.pt", out_dir / "encoder.pt", dist_info.is_main
     cfg, own, parent = starting_point(cfg, ckpt_path, resume, init_from)
-    t, is_cuda = cfg.train, device.type == "cuda"
-    amp, channels_last = (t.amp, t.channels_last) if is_cuda else (t.cpu_fast, t.cpu_fast)
+    t = cfg.train
     data, holdout = training_data(cfg, data, holdout)
     state = build_state(cfg, data, device, dist_info)
     if own is not None:
@@ -91,6 +94,9 @@ def _train(cfg: TrainConfig, out_dir: Path, dist_info: DistInfo, device: torch.d
         log.info("resuming %s at step %d of %d", ckpt_path, state.step, state.total_steps)
     elif parent is not None:
         load_weights(state, parent)
+    budget = TimeBudget(t.max_minutes, t.calibrate_steps, state.step, state.elapsed_before, dist_info.enabled, device,
+                        skip_steps=t.calibrate_after)  # from here: measuring the precision counts against the budget
+    choice = choose_precision(state, device, dist_info)
     model, target = ddp_model(state.online, dist_info, device), state.target
     if t.compile:  # the state keeps the raw modules: checkpoints never see the compiled wrappers
         model, target = torch.compile(model), torch.compile(target)
@@ -98,8 +104,6 @@ def _train(cfg: TrainConfig, out_dir: Path, dist_info: DistInfo, device: torch.d
     monitor = KnnMonitor(data, holdout, t.knn_max_train, t.knn_max_holdout, t.knn_k, t.seed, t.knn_every, writer)
     logger = StepLogger(t.log_every, t.collapse_std, writer,
                         progress_bar(state.total_steps, state.step, main and t.progress))
-    budget = TimeBudget(t.max_minutes, t.calibrate_steps, state.step, state.elapsed_before, dist_info.enabled, device,
-                        skip_steps=t.calibrate_after)
     start_step, stopped = state.step, "done"
     state.online.train()
     while state.step < state.total_steps:
@@ -110,7 +114,7 @@ def _train(cfg: TrainConfig, out_dir: Path, dist_info: DistInfo, device: torch.d
                                                           state.warmup_steps)
         tau = tau_at(state.step, state.total_steps, cfg.ema.tau_base)
         loss, y1 = train_step(model, target, state.optimizer, state.augment, state.batcher.next(),
-                              state.generator, lr, tau, amp=amp, channels_last=channels_last,
+                              state.generator, lr, tau, amp=choice.amp, channels_last=choice.channels_last,
                               shard=(dist_info.rank, dist_info.world_size))
         state.step += 1
         logger.log(state.step, state.total_steps, loss, y1, lr, tau)

@@ -46,7 +46,7 @@ def test_an_unknown_key_is_an_error_naming_it_and_the_file(tmp_path, text, key):
 @pytest.mark.parametrize(("text", "key"), [
     ("train:\n  batch_size: big\n", "train.batch_size"),
     ("train:\n  batch_size: 12.5\n", "train.batch_size"),
-    ("train:\n  amp: 3\n", "train.amp"),
+    ("train:\n  progress: 3\n", "train.progress"),
     ("optim:\n  lr_base: fast\n", "optim.lr_base"),
     ("encoder:\n  mean: [0.1, 0.2]\n", "encoder.mean"),
     ("encoder:\n  arch: null\n", "encoder.arch"),

@@ -3,6 +3,7 @@
 import base64
 import io
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -73,8 +74,13 @@ def test_tensorboard_gets_hparams_of_the_config_and_the_final_metrics(run, event
 
 
 def test_the_run_directory_keeps_its_resolved_config(run):
-    cfg, _, out = run
-    assert load_config(out / "config.yaml") == cfg
+    """What ran: the caller's config with the measured precision in place of ``auto``, and a comment on it."""
+    cfg, res, out = run
+    chosen = res.metrics["precision"]
+    assert cfg.train.precision == "auto" and chosen["asked"]["precision"] == "auto" and chosen["images_per_s"]
+    ran = replace(cfg, train=replace(cfg.train, precision=chosen["precision"], channels_last=chosen["channels_last"]))
+    assert load_config(out / "config.yaml") == ran
+    assert "were measured here" in (out / "config.yaml").read_text()
 
 
 def _report_images(page: str) -> dict[str, np.ndarray]:

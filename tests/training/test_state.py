@@ -57,7 +57,7 @@ def test_checkpoint_payload_keys_are_the_file_format():
     state = _state()
     payload = checkpoint_payload(state, elapsed_s=1.5)
     assert list(payload) == ["online", "target", "optimizer", "step", "total_steps", "warmup_steps", "calibrated",
-                             "elapsed_s", "data", "rng", "config", "encoder_config", "history"]
+                             "elapsed_s", "data", "rng", "config", "encoder_config", "history", "precision"]
     assert payload["elapsed_s"] == 1.5 and payload["config"] == state.cfg.to_dict()
 
 

@@ -19,7 +19,8 @@ VIEWS = (ViewConfig(crop_scale=(0.2, 1.0)), ViewConfig(crop_scale=(0.2, 1.0)))
 TINY = ["encoder.width=8", "heads.projector_hidden=32", "heads.out_dim=16", "heads.predictor_hidden=32",
         "encoder.input_size=32", "train.batch_size=16", "train.steps=6", "train.max_minutes=none",
         "train.knn_every=0", "train.checkpoint_every=0", "train.progress=false", "train.device=cpu",
-        "optim.warmup_fraction=0.3", "data.stream=true", "data.workers=2"]
+        "optim.warmup_fraction=0.3", "data.stream=true", "data.workers=2",
+        "train.precision=fp32", "train.channels_last=false"]  # bit-exact comparisons: one fixed precision
 
 
 def make_folder(root, n: int = 60, broken: int = 3, side: int = 48):

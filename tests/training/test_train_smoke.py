@@ -41,7 +41,10 @@ def test_encoder_file_holds_f_theta_alone(tiny_run):
 def test_encoder_meta_describes_the_run(tiny_run):
     cfg, res, _ = tiny_run
     _, meta = load_encoder(res.encoder_path)
-    assert meta["config"] == cfg.to_dict() and meta["parent_version"] is None
+    chosen = res.metrics["precision"]  # what ran: the measured choice in place of "auto"
+    ran = cfg.to_dict()
+    ran["train"].update(precision=chosen["precision"], channels_last=chosen["channels_last"])
+    assert meta["config"] == ran and meta["parent_version"] is None
     assert len(meta["data_fingerprint"]) == 64 and meta["metrics"]["steps"] == 4
     assert "holdout_knn" in meta["metrics"]
 
