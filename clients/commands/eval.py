@@ -20,6 +20,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=20)
     add_subset_options(p)
     p.add_argument("--no-probe", dest="probe", action="store_false", help="kNN only (the probe is the slow part)")
+    p.add_argument("--no-cache", dest="cache", action="store_false",
+                   help="score the baselines again instead of reusing $BYOL_HOME/cache/baselines")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", default=None, help="also write the results here")
     return p

@@ -4,10 +4,16 @@ All three read their labelled splits with ``serving.contract.splits.labelled_spl
 ``index.metrics.score``; they differ only in where the vectors come from (PyTorch ``encoder.pt`` or a bundle through
 ONNX Runtime) and in what they keep (a table, saved classifiers, an accept/reject verdict). Same encoder and data →
 the same numbers, whichever command prints them.
+
+``byol eval``'s baselines (raw pixels, the random-init encoder) are computed once per data and architecture and
+kept under ``$BYOL_HOME/cache/baselines/``: they do not change with the trained encoder, and they were two thirds
+of the command's time.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -16,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from index import metrics
+from index import metrics, probe
 from serving import paths
 from serving.contract.atomic import atomic_write_json
 from serving.contract.encoder import OnnxEncoder
@@ -69,36 +75,122 @@ class EvalConfig(SplitConfig):
     probe: bool = True
     device: str = "auto"
     baselines: bool = True  # raw pixels and (encoder.pt) the random-init encoder beside the trained one
+    cache: bool = True  # reuse baselines scored before on the same splits, protocol and architecture
+
+
+BASELINE_CACHE_VERSION = 1  # bump when index.metrics scores differently: older cached baselines are then ignored
+RANDOM_INIT_VERSION = 1  # bump when training.eval.random_init_like or its BatchNorm calibration changes
+RANDOM_INIT_SEED = 0
+
+
+def baselines_dir() -> Path:
+    return paths.home() / "cache" / "baselines"
+
+
+def splits_fingerprint(train: ImageSet, test: ImageSet) -> str:
+    """sha256 of both splits' pixels and labels (dtype and shape included): ~0.1 s for Fashion-MNIST's 70,000
+    images, against up to a minute to score a baseline again."""
+    h = hashlib.sha256()
+    for a in (train.images, train.labels, test.images, test.labels):
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{list(a.shape)};".encode())
+        h.update(a.data)
+    return h.hexdigest()
+
+
+def baseline_identity(cfg: EvalConfig, train: ImageSet, test: ImageSet) -> dict:
+    """What a baseline's scores depend on besides its own embedding: the splits and every protocol setting."""
+    return {"version": BASELINE_CACHE_VERSION, "splits": splits_fingerprint(train, test), "n_train": len(train),
+            "n_test": len(test), "k": cfg.k, "extra_k": [metrics.EXTRA_K], "temperature": metrics.DEFAULT_TEMPERATURE,
+            "probe": cfg.probe, "l2": probe.DEFAULT_L2, "probe_gtol": probe.GTOL}
+
+
+def random_init_identity(encoder, device) -> dict:
+    """What the random-init twin depends on: the trained encoder's architecture (not its weights), the seed, the
+    code that builds and calibrates it, and where it runs (torch version, device type)."""
+    import torch
+
+    return {"encoder": encoder.cfg.to_dict(), "seed": RANDOM_INIT_SEED, "random_init_version": RANDOM_INIT_VERSION,
+            "torch": torch.__version__, "device": torch.device(device).type}
+
+
+def _read_cached(path: Path, identity: dict) -> dict | None:
+    """The cached scores at ``path`` when they are there, readable and about ``identity``; None otherwise (a torn,
+    corrupt or foreign file is scored again, never an error)."""
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(cached, dict) and cached.get("identity") == identity and isinstance(cached.get("scores"), dict)
+    return cached["scores"] if ok and "knn" in cached["scores"] else None
+
+
+def cached_baseline(name: str, identity: dict, compute, use_cache: bool = True) -> tuple[dict, str]:
+    """``(Scores.as_dict(), "cached" | "computed")`` of baseline ``name``: read from the cache under the sha256 of
+    ``identity``, else ``compute()``d and written there atomically (a cache that cannot be written is logged)."""
+    text = json.dumps({"baseline": name, **identity}, sort_keys=True)
+    identity = json.loads(text)  # as it reads back (tuples become lists), to compare with a cached file's
+    path = baselines_dir() / f"{hashlib.sha256(text.encode()).hexdigest()}.json"
+    scores = _read_cached(path, identity) if use_cache else None
+    if scores is not None:
+        log.info("%s baseline from the cache (%s)", name, path)
+        return scores, "cached"
+    scores = compute()
+    if use_cache:
+        try:
+            atomic_write_json(path, {"identity": identity, "scores": scores})
+        except OSError as exc:
+            log.warning("could not cache the %s baseline at %s: %s", name, path, exc)
+    return scores, "computed"
 
 
 def evaluate(cfg: EvalConfig, keep: dict | None = None) -> dict:
     """Trained vs random-init (``encoder.pt`` only, BatchNorm calibrated on training images) vs raw pixels:
-    ``{name: index.metrics.Scores.as_dict(), "settings": {...}}``; ``keep`` receives the fitted classifiers
-    (``index.metrics.evaluate``)."""
+    ``{name: index.metrics.Scores.as_dict(), "settings": {...}}``; ``keep`` receives the trained encoder's fitted
+    classifiers (``index.metrics.evaluate``). The baselines come from the cache when they were scored before
+    (``settings["baselines"]`` says which were)."""
     if (cfg.encoder is None) == (cfg.model is None):
         raise ValueError("give either --encoder (a training run's encoder.pt) or --model (a bundle tag)")
     t0 = time.time()
+    random_init = None  # (make its embedder, its identity): the random-init twin is built only when not cached
     if cfg.encoder is not None:
         from training.artifact import load_encoder
         from training.distributed import DistInfo, local_device
         from training.eval import embedder, random_init_like
 
         encoder, _ = load_encoder(cfg.encoder)
-        encoder.to(local_device(cfg.device, DistInfo()))
+        device = local_device(cfg.device, DistInfo())
+        encoder.to(device)
         train, test = cfg.splits(encoder.cfg.input_size)
         embedders = {"trained": embedder(encoder)}
-        if cfg.baselines:
-            embedders["random_init"] = embedder(random_init_like(encoder, calibrate_on=train.images))
+        random_init = (lambda: embedder(random_init_like(encoder, seed=RANDOM_INIT_SEED,
+                                                             calibrate_on=train.images)),
+                       random_init_identity(encoder, device))
     else:
         from clients.workflows.indexing import open_encoder
 
         onnx = open_encoder(cfg.model)
         train, test = cfg.splits(onnx.input_size)
         embedders = {"trained": onnx_embedder(onnx)}
-    report = metrics.evaluate(embedders, train.images, train.labels, test.images, test.labels, k=cfg.k,
-                              probe=cfg.probe, raw_pixels=cfg.baselines, keep=keep)
+    splits = (train.images, train.labels, test.images, test.labels)
+
+    def scored(name: str, embed=None) -> dict:
+        """``Scores.as_dict()`` of a baseline, scored like the trained encoder (raw pixels when no ``embed``)."""
+        return metrics.evaluate({name: embed} if embed else {}, *splits, k=cfg.k, probe=cfg.probe,
+                                raw_pixels=embed is None)[name]
+
+    report = metrics.evaluate(embedders, *splits, k=cfg.k, probe=cfg.probe, raw_pixels=False, keep=keep)
+    sources: dict[str, str] = {}
+    if cfg.baselines:
+        identity = baseline_identity(cfg, train, test)
+        if random_init is not None:
+            make, extra = random_init
+            report["random_init"], sources["random_init"] = cached_baseline(
+                "random_init", {**identity, **extra}, lambda: scored("random_init", make()), cfg.cache)
+        report["raw_pixels"], sources["raw_pixels"] = cached_baseline(
+            "raw_pixels", identity, lambda: scored("raw_pixels"), cfg.cache)
     report["settings"] = {"encoder": cfg.encoder or cfg.model, **cfg.protocol(len(train), len(test)),
-                          "seconds": round(time.time() - t0, 1)}
+                          "baselines": sources, "seconds": round(time.time() - t0, 1)}
     return report
 
 
@@ -125,6 +217,19 @@ def random_init_figures(metrics_: dict) -> dict:
     return {}
 
 
+def raw_pixel_knn(cfg: SplitConfig, train: ImageSet, test: ImageSet, classes: list[str]) -> dict:
+    """The kNN floor beside a probe report: the raw-pixel baseline ``byol eval`` cached for the same splits (its
+    kNN figures are the same with or without the probe), else the pixels' kNN scored now (a pixel probe is slow)."""
+    identity = baseline_identity(EvalConfig(k=cfg.k, probe=True, model="-"), train, test)
+    text = json.dumps({"baseline": "raw_pixels", **identity}, sort_keys=True)
+    cached = _read_cached(baselines_dir() / f"{hashlib.sha256(text.encode()).hexdigest()}.json", json.loads(text))
+    if cached is not None:
+        knn = {k: v for k, v in cached.items() if not k.startswith("probe")}
+        return {**knn, "se": {k: v for k, v in knn.get("se", {}).items() if k != "probe"}}
+    return metrics.score(metrics.pixel_features(train.images), train.labels, metrics.pixel_features(test.images),
+                         test.labels, classes, k=cfg.k, probe=False).as_dict()
+
+
 def fit_probe(cfg: ProbeConfig) -> dict:
     """Fit a linear probe + kNN classifier on a bundle's vectors, save both (tagged with the version), report
     their held-out accuracy beside raw pixels, from the same :func:`index.metrics.score` as everything else."""
@@ -136,14 +241,13 @@ def fit_probe(cfg: ProbeConfig) -> dict:
     embed = onnx_embedder(encoder, cfg.batch)
     trained = metrics.score(embed(train.images), train.labels, embed(test.images), test.labels, classes, k=cfg.k,
                             encoder_version=encoder.version, probe_init=cfg.warm_start)
-    pixels = metrics.score(metrics.pixel_features(train.images), train.labels,  # the kNN floor (a pixel probe
-                           metrics.pixel_features(test.images), test.labels, classes, k=cfg.k, probe=False)  # is slow)
+    pixels = raw_pixel_knn(cfg, train, test, classes)
     out = paths.probe_dir(encoder.version)
     trained.probe_model.save(out)
     trained.knn_model.save(out)
     report = {"encoder_version": encoder.version, **cfg.protocol(len(train), len(test)), "classes": classes,
-              "accuracy": {"linear_probe": trained.probe, "knn": trained.knn, "raw_pixel_knn": pixels.knn},
-              "evaluation": {"trained": trained.as_dict(), "raw_pixels": pixels.as_dict()},
+              "accuracy": {"linear_probe": trained.probe, "knn": trained.knn, "raw_pixel_knn": pixels["knn"]},
+              "evaluation": {"trained": trained.as_dict(), "raw_pixels": pixels},
               "random_init": random_init_figures(encoder.manifest.metrics), "path": str(out)}
     atomic_write_json(out / REPORT_FILE, report)
     return report
