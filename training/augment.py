@@ -203,7 +203,8 @@ def shift_hue(images: Tensor, delta: Tensor) -> Tensor:
     num = torch.where(is_r, g - b, torch.where(is_g, b - r, r - g))
     offset = torch.where(is_r, 0.0, torch.where(is_g, 2.0, 4.0))
     h6 = num / torch.where(chroma > 0, chroma, torch.ones_like(chroma)) + offset + 6.0 * delta.view(-1, 1, 1)
-    n = torch.tensor([5.0, 3.0, 1.0], dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    # 5, 3, 1 made on the device: torch.tensor(list, device=cuda) is a blocking host→device copy every call
+    n = (5.0 - 2.0 * torch.arange(3, dtype=images.dtype, device=images.device)).view(1, 3, 1, 1)
     k = torch.remainder(n + h6.unsqueeze(1), 6.0)
     amount = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
     return (maxc.unsqueeze(1) - chroma.unsqueeze(1) * amount).clamp_(0.0, 1.0)
@@ -345,7 +346,8 @@ class BYOLAugment(torch.nn.Module):
         if world > 1:
             p1, p2 = ({k: v[rank * b:(rank + 1) * b] for k, v in p.items()} for p in (p1, p2))
         if precropped:  # same draws (the RNG stream does not depend on the data path), the crop is the whole view
-            whole = torch.tensor([0.0, 0.0, float(w), float(h)], device=x1.device).expand(b, 4)
+            whole = torch.zeros(b, 4, device=x1.device)  # (0, 0, w, h) without a host→device copy
+            whole[:, 2], whole[:, 3] = float(w), float(h)
             p1["crop"], p2["crop"] = whole, whole
             return apply_view(x1, p1, self.size), apply_view(x2, p2, self.size)
         return apply_view(x1, p1, self.size), apply_view(x1, p2, self.size)
