@@ -13,15 +13,20 @@ export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: demo test install dataset browser lint clean bento
 
+# The demo needs train + cpu; the tests add dev (pytest, ruff, playwright, ...): the demo does not wait for those.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: anything that depends on torch would otherwise pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[train,cpu]'
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[train,cpu,dev]'
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed-dev
 
 dataset:
 	@if [ -f $(FMNIST)/train-images-idx3-ubyte.gz ]; then :; \
@@ -41,13 +46,13 @@ lint: install
 test: install dataset browser lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
-demo: install dataset
+demo: $(VENV)/.installed dataset
 	$(BYOL) demo --port $(PORT)
 
 # The Bento: the HTTP service with the served encoder packed in (the index is mounted at run time: bentofile.yaml).
 # Needs an encoder in the model store (make demo, or byol export). GPU variant: make bento BENTOFILE=bentofile-gpu.yaml
 BENTOFILE ?= bentofile.yaml
-bento: install
+bento: $(VENV)/.installed
 	@ls $(BENTOML_HOME)/models/byol-encoder/*/manifest.json >/dev/null 2>&1 || \
 	  { echo "no encoder in the model store $(BENTOML_HOME): run 'make demo' or 'byol export' first"; exit 1; }
 	BENTOML_DO_NOT_TRACK=true $(VENV)/bin/bentoml build -f $(BENTOFILE)

@@ -170,6 +170,9 @@ def retrain(r: dict) -> str:
         return f"another byol retrain is running (lock {r['lock']}); nothing to do"
     if status == "no-new-images":
         return f"no new images in {', '.join(r['dirs'])} since the last retrain; nothing to do"
+    if r["gate"].get("gate") == "training":
+        return (f"retraining {r['parent']} on {r['new_images']} new image(s) failed, nothing was registered (the "
+                f"images stay new for the next retrain): {r['gate']['reasons'][0]}")
     lines = [f"retrained {r['parent']} on {r['new_images']} new image(s) → candidate {r['version']}", "",
              gate(r["gate"])]
     if status == "promoted":

@@ -17,6 +17,8 @@ import torch
 log = logging.getLogger(__name__)
 
 HEADROOM = 0.95  # 5% of the budget kept for the kNN monitor, checkpoints and a machine that slows down later
+CALIBRATE_SHARE = 0.05  # slow steps: calibrate as soon as the untimed + timed steps have used this share of the
+# budget (a 37-s step at 64 px once took 12 steps, 7 minutes, to calibrate a 3-minute budget)
 OVER_TIME = 1.1  # the safety net stops a single-process run this far past the budget
 
 
@@ -29,12 +31,17 @@ class TimeBudget:
 
     def __init__(self, max_minutes: float | None, calibrate_steps: int, start_step: int, elapsed_before: float = 0.0,
                  distributed: bool = False, device: torch.device | None = None,
-                 clock: Callable[[], float] = time.time, skip_steps: int = 2) -> None:
+                 clock: Callable[[], float] = time.time, skip_steps: int = 2, started: float | None = None) -> None:
         self.max_minutes, self.calibrate_steps, self.skip_steps = max_minutes, calibrate_steps, skip_steps
         self.elapsed_before, self.distributed, self.device, self.clock = elapsed_before, distributed, device, clock
-        self.run_start = clock()
+        self.run_start = clock() if started is None else started  # the user's clock: set-up counts
+        self.loop_start = self.run_start  # :meth:`start_loop`: where the steps themselves begin
         self.calib_t0: float | None = None
         self.calib_from = start_step
+
+    def start_loop(self) -> None:
+        """The first step starts now (the set-up before it counts against the budget, not as a slow step)."""
+        self.loop_start = self.clock()
 
     def run_seconds(self) -> float:
         """Seconds since this session started."""
@@ -45,16 +52,21 @@ class TimeBudget:
         return self.elapsed_before + self.clock() - self.run_start
 
     def calibrate(self, step: int, total: int) -> tuple[int, bool]:
-        """Call after each step until calibrated; returns ``(K, calibrated)``.
+        """Call after each step until calibrated; returns ``(K, calibrated)``. Timing starts after ``skip_steps``
+        steps and takes ``calibrate_steps`` more — cut short, in a single process, once they have used 2× and 1×
+        :data:`CALIBRATE_SHARE` of the budget (steps that slow need no more to be timed well; under DDP the step
+        counts alone decide, so every rank reaches the broadcast at the same step).
 
         K is lowered to ``step + steps that fit`` (never below ``step + 1``: the step under way must be able to
         finish) and left alone when the budget allows more than K.
         """
+        share = float("inf") if self.distributed else CALIBRATE_SHARE * self.max_minutes * 60
         if self.calib_t0 is None:
-            if step - self.calib_from >= self.skip_steps:  # the first steps allocate, autotune, compile
+            # the first steps allocate, autotune, compile; slow ones are timed at once
+            if step - self.calib_from >= self.skip_steps or self.clock() - self.loop_start >= 2 * share:
                 self.calib_t0, self.calib_from = self._synced_clock(), step
             return total, False
-        if step - self.calib_from < self.calibrate_steps:
+        if step - self.calib_from < self.calibrate_steps and self.clock() - self.calib_t0 < share:
             return total, False
         now = self._synced_clock()
         per_step = (now - self.calib_t0) / (step - self.calib_from)

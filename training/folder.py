@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -95,10 +95,23 @@ def _for_size(size: int, mean, std) -> TrainConfig:
                        train=LoopConfig(batch_size=256, epochs=200, checkpoint_every=1000, knn_every=0))
 
 
+@dataclass
+class Survey:
+    """What :func:`folder_preset` found in a folder: what its sentence says beside the config that will run."""
+
+    root: str
+    n_files: int
+    median_side: int
+    forced_size: bool  # --size, not the files' sizes
+    stats_images: int  # how many decoded images gave mean/std
+    gpu: bool
+
+
 def folder_preset(root: str | os.PathLike, size: int | None = None, gpu: bool | None = None
-                  ) -> tuple[TrainConfig, str]:
-    """``(config, why)`` for training on the images under ``root``; ``size`` forces the input resolution. ``gpu``
-    (default: whether CUDA is available) False gives the CPU settings: :data:`CPU_BATCH` and bf16 autocast."""
+                  ) -> tuple[TrainConfig, Survey]:
+    """``(config, survey)`` for training on the images under ``root``; ``size`` forces the input resolution.
+    ``gpu`` (default: whether CUDA is available) False gives the CPU settings. The sentence ``byol train`` prints
+    comes from :func:`explain` on the config that finally runs (after ``--config`` and ``--set``), not from here."""
     root = Path(root)
     files = list(iter_image_files(root))
     if not files:
@@ -119,9 +132,17 @@ def folder_preset(root: str | os.PathLike, size: int | None = None, gpu: bool | 
         cfg.train = replace(cfg.train, batch_size=CPU_BATCH[nearest])
     cfg.data = DataConfig(source=str(root), holdout_fraction=0.0)
     median = int(np.median(sides)) if sides else 0
-    why = (f"folder preset folder-{chosen}: {len(files)} image files, median shorter side {median} px "
-           f"({'--size' if size else 'chosen from the sizes'}) → {chosen} px, {cfg.encoder.arch} "
-           f"({cfg.encoder.stem} stem); normalisation from {min(len(files), STATS_SAMPLE)} images: mean "
-           f"{mean}, std {std}" + ("" if gpu else f"; no GPU: batch {cfg.train.batch_size} (bounded memory "
-                                                      f"on a CPU)"))
-    return cfg, why
+    return cfg, Survey(str(root), len(files), median, size is not None, min(len(files), STATS_SAMPLE), gpu)
+
+
+def explain(cfg: TrainConfig, survey: Survey) -> str:
+    """The one line ``byol train`` prints about a folder run, read from the config that runs (contract 6 of the
+    design: what ran is what is reported). Precision is not in it: the run measures it and says so itself."""
+    e, t = cfg.encoder, cfg.train
+    budget = f", {t.max_minutes:g}-minute budget" if t.max_minutes else ""
+    return (f"folder preset folder-{e.input_size}: {survey.n_files} image files, median shorter side "
+            f"{survey.median_side} px ({'--size' if survey.forced_size else 'chosen from the sizes'}) → "
+            f"{e.input_size} px; {e.arch} ({e.stem} stem, width {e.width}, {e.pool} pooling), heads "
+            f"{cfg.heads.projector_hidden}→{cfg.heads.out_dim}, batch {t.batch_size}, lr_base {cfg.optim.lr_base:g}, "
+            f"τ_base {cfg.ema.tau_base:g}{budget}; normalisation from {survey.stats_images} images: mean {e.mean}, "
+            f"std {e.std}" + ("" if survey.gpu else "; no GPU: the CPU settings"))

@@ -24,7 +24,7 @@ ARCHS = {
     "resnet50": (Bottleneck, [3, 4, 6, 3]),
 }
 STEMS = ("imagenet", "small", "small-s2")
-POOLS = ("avg", "grid2", "multi")
+POOLS = ("avg", "grid2", "grid4", "grid2+s3", "multi")
 
 
 @dataclass
@@ -36,7 +36,10 @@ class EncoderConfig:
     stage's channel count (64 in the paper's ResNets). ``pool`` is what f returns: 'avg' (the paper: the last
     stage's global average, ``8 × width × expansion`` values), 'grid2' (the last stage averaged to a 2×2 grid and
     flattened, 4× as many: where in the image a feature fired — small centred images like Fashion-MNIST's carry
-    class information in their layout), 'multi' (the global averages of the last three stages side by side).
+    class information in their layout), 'grid4' (a 4×4 grid of the last stage, for stride-1 stems whose last maps
+    are that large), 'grid2+s3' (the 2×2 grid of the last stage beside the 4×4 map of the third, each part unit
+    norm), 'multi' (the global averages of the last three stages side by side). ``bench/recipe_ablation.py``
+    measured them for the CPU demo (the preset's docstring says what won).
     """
 
     arch: str = "resnet50"
@@ -101,7 +104,8 @@ class Encoder(nn.Module):
         block, layers = ARCHS[cfg.arch]
         self.trunk = ResNetTrunk(block, layers, cfg.width, cfg.stem)
         last = self.trunk.out_dim
-        self.out_dim = {"avg": last, "grid2": 4 * last, "multi": last + last // 2 + last // 4}[cfg.pool]
+        self.out_dim = {"avg": last, "grid2": 4 * last, "grid4": 16 * last, "grid2+s3": 4 * last + 16 * (last // 2),
+                        "multi": last + last // 2 + last // 4}[cfg.pool]
         self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg.std).view(1, 3, 1, 1), persistent=False)
 
@@ -113,8 +117,11 @@ class Encoder(nn.Module):
         x2 = t.layer2(t.layer1(t.maxpool(t.relu(t.bn1(t.conv1(x))))))
         x3 = t.layer3(x2)
         x4 = t.layer4(x3)
-        if self.cfg.pool == "grid2":
-            return torch.flatten(nn.functional.adaptive_avg_pool2d(x4, 2), 1)
+        if self.cfg.pool in ("grid2", "grid4"):
+            return torch.flatten(nn.functional.adaptive_avg_pool2d(x4, 2 if self.cfg.pool == "grid2" else 4), 1)
+        if self.cfg.pool == "grid2+s3":  # each part unit-norm: neither outweighs the other in a cosine
+            return torch.cat([nn.functional.normalize(torch.flatten(nn.functional.adaptive_avg_pool2d(x, s), 1))
+                              for x, s in ((x4, 2), (x3, 4))], dim=1)
         return torch.cat([x4.mean((2, 3)), x3.mean((2, 3)), x2.mean((2, 3))], dim=1)
 
 

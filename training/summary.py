@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from serving.contract.atomic import atomic_write_json
+from serving.contract.machine import cpu_info
 from serving.contract.sources import ImageSet
 from training.artifact import save_encoder
 from training.budget import TimeBudget
 from training.config_file import CONFIG_FILE, save_config, to_yaml
+from training.errors import RunFailed
 from training.monitor import KnnMonitor
 from training.state import TrainState
 from training.steplog import VIEW_PAIRS, StepLogger, log_view_pairs, open_writer
@@ -66,32 +69,53 @@ def preview_images(state: TrainState, data: Any) -> np.ndarray | None:
     return np.stack(good) if good else None
 
 
-def run_metrics(state: TrainState, stopped: str, logger: StepLogger, budget: TimeBudget, start_step: int) -> dict:
-    """Where the run ended and why (``stopped``: done, stop_after or time_budget), its last logged loss and
-    embedding std, and its speed over this session's steps (``start_step``: where this session began)."""
+def run_metrics(state: TrainState, stopped: str, logger: StepLogger, budget: TimeBudget, start_step: int,
+                loop_seconds: float | None = None) -> dict:
+    """Where the run ended and why (``stopped``: done, stop_after, time_budget, diverged or collapsed), its last
+    checked loss and embedding std, and its speed over this session's steps (``start_step``: where this session
+    began; ``loop_seconds``: the steps' own time, default the session's)."""
     return {"steps": state.step, "total_steps": state.total_steps, "stopped": stopped,
             "precision": state.precision,
             "final_loss": logger.last_loss, "embedding_std": logger.last_std,
             "train_minutes": round(budget.elapsed() / 60, 2),
             "images_per_s": round((state.step - start_step) * state.cfg.train.batch_size
-                                  / max(1e-9, budget.run_seconds()), 1)}
+                                  / max(1e-9, loop_seconds or budget.run_seconds()), 1)}
+
+
+def write_failure(out_dir: Path, state: TrainState, exc: RunFailed, metrics: dict, writer: Any) -> None:
+    """A run that diverged or collapsed: ``summary.json`` saying where and why (what ``byol export`` and the retrain
+    gates read), and no ``encoder.pt`` — the last periodic checkpoint, before the failure, is left to resume from
+    with other settings."""
+    metrics.update(error=str(exc), failed_at_step=exc.step)
+    atomic_write_json(out_dir / "summary.json", {"metrics": metrics, "history": state.history,
+                                                 "config": state.cfg.to_dict(), "machine": cpu_info()})
+    if writer is not None:
+        writer.close()
 
 
 def write_artifacts(out_dir: Path, enc_path: Path, ckpt_path: Path, state: TrainState, data: ImageSet,
-                    metrics: dict, monitor: KnnMonitor, init_from: Path | None) -> None:
+                    metrics: dict, monitor: KnnMonitor, init_from: Path | None, started_at: float | None = None
+                    ) -> None:
     """Final holdout kNN (added to ``metrics``), then ``encoder.pt``, ``summary.json``, the hparams and
-    ``report.html``. The data fingerprint lets the retrain gate tell which images an encoder has seen."""
+    ``report.html``. The data fingerprint lets the retrain gate tell which images an encoder has seen.
+    ``metrics["seconds"]`` gets ``final`` (the end's own work: the last kNN, the files) and ``total`` since
+    ``started_at``: where the user's wall clock went."""
+    t_final = time.time()
     encoder = state.online.branch.encoder
     if monitor.enabled:
         metrics["holdout_knn"] = monitor.measure(state.step, encoder)
     fingerprint, cfg = data.fingerprint(), state.cfg.to_dict()
+    seconds = metrics.setdefault("seconds", {})
+    seconds["final"] = round(time.time() - t_final, 1)  # + the files below: well under a second
+    if started_at is not None:
+        seconds["total"] = round(time.time() - started_at, 1)
     save_encoder(enc_path, encoder, meta={
         "config": cfg, "data_fingerprint": fingerprint, "metrics": metrics,
         "checkpoint": str(ckpt_path), "parent_version": None,
         "init_from": str(init_from) if init_from else None,
     })
     summary = {"metrics": metrics, "history": state.history, "data_fingerprint": fingerprint, "n_images": len(data),
-               "config": cfg}
+               "config": cfg, "machine": cpu_info()}
     atomic_write_json(out_dir / "summary.json", summary)
     if monitor.writer is not None:
         log_hparams(monitor.writer, cfg, metrics, state.step)

@@ -16,6 +16,7 @@ This module is the loop and nothing else; each of its jobs lives in a module of 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,11 +28,12 @@ from training.byol import Branch, Online, make_target, train_step
 from training.checkpoint import save_checkpoint
 from training.config import TrainConfig
 from training.distributed import DistInfo, cleanup, env_info, init_distributed, local_device
-from training.errors import TrainingError
+from training.errors import RunFailed, TrainingError
 from training.monitor import KnnMonitor
 from training.precision import set_tf32
 from training.schedules import lr_at, tau_at
 from training.state import (
+    TrainState,
     build_state,
     checkpoint_payload,
     choose_precision,
@@ -43,9 +45,9 @@ from training.state import (
     warmup_steps,
 )
 from training.steplog import StepLogger, progress_bar
-from training.summary import run_metrics, start_run, write_artifacts
+from training.summary import run_metrics, start_run, write_artifacts, write_failure
 
-__all__ = ["Branch", "Online", "TrainResult", "TrainingError", "make_target", "train", "train_step"]
+__all__ = ["Branch", "Online", "RunFailed", "TrainResult", "TrainingError", "make_target", "train", "train_step"]
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +61,21 @@ class TrainResult:
 
 
 def train(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, data: ImageSet | None = None,
-          holdout: ImageSet | None = None, init_from: Path | None = None, stop_after: int | None = None) -> TrainResult:
+          holdout: ImageSet | None = None, init_from: Path | None = None, stop_after: int | None = None,
+          started_at: float | None = None) -> TrainResult:
     """Pretrain with BYOL and leave ``checkpoint.pt``, ``encoder.pt`` (f_θ only), ``config.yaml``, ``summary.json``,
     ``report.html`` and ``tb/``.
 
     ``data``/``holdout`` bypass ``cfg.data`` (the retrain command passes old+new images). ``init_from`` starts
     from another run's checkpoint (online, target, optimizer momentum) with fresh schedules over this run's step
     budget. ``stop_after`` halts after that global step with a checkpoint, as an interruption would (tests).
+    ``started_at`` (``time.time()``; default: now) is when the user's clock started: ``train.max_minutes`` counts
+    from there, so the command's own set-up (a folder's scan, its statistics) is inside the budget.
+
+    A run that diverges or collapses raises :class:`training.errors.RunFailed` naming the step and what to change;
+    it writes no ``encoder.pt`` and no checkpoint of the broken weights, only ``summary.json`` saying so.
     """
+    started_at = time.time() if started_at is None else started_at
     dist_info = env_info()
     device = local_device(cfg.train.device, dist_info)
     if device.type == "cuda":
@@ -74,14 +83,14 @@ def train(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, data: ImageS
         set_tf32(device)  # "fp32" on CUDA is TF32 (training.precision)
     init_distributed(dist_info, device)
     try:
-        return _train(cfg, Path(out_dir), dist_info, device, resume, data, holdout, init_from, stop_after)
+        return _train(cfg, Path(out_dir), dist_info, device, resume, data, holdout, init_from, stop_after, started_at)
     finally:
         cleanup(dist_info)
 
 
 def _train(cfg: TrainConfig, out_dir: Path, dist_info: DistInfo, device: torch.device, resume: bool,
            data: ImageSet | None, holdout: ImageSet | None, init_from: Path | None,
-           stop_after: int | None) -> TrainResult:
+           stop_after: int | None, started_at: float) -> TrainResult:
     """The loop, nanoGPT-style: set up, then per step schedules → update → log → budget → monitor → checkpoint.
     Every rank runs it; rank 0 (``main``) alone writes files, TensorBoard, the bar and the kNN monitor."""
     ckpt_path, enc_path, main = out_dir / "checkpoint.pt", out_dir / "encoder.pt", dist_info.is_main
@@ -95,7 +104,7 @@ def _train(cfg: TrainConfig, out_dir: Path, dist_info: DistInfo, device: torch.d
     elif parent is not None:
         load_weights(state, parent)
     budget = TimeBudget(t.max_minutes, t.calibrate_steps, state.step, state.elapsed_before, dist_info.enabled, device,
-                        skip_steps=t.calibrate_after)  # from here: measuring the precision counts against the budget
+                        skip_steps=t.calibrate_after, started=started_at)  # set-up and precision count too
     choice = choose_precision(state, device, dist_info)
     model, target = ddp_model(state.online, dist_info, device), state.target
     if t.compile:  # the state keeps the raw modules: checkpoints never see the compiled wrappers
@@ -103,13 +112,45 @@ def _train(cfg: TrainConfig, out_dir: Path, dist_info: DistInfo, device: torch.d
     writer = start_run(out_dir, state, data) if main else None  # config.yaml, TensorBoard, the views' picture
     monitor = KnnMonitor(data, holdout, t.knn_max_train, t.knn_max_holdout, t.knn_k, t.seed, t.knn_every, writer)
     logger = StepLogger(t.log_every, t.collapse_std, writer,
-                        progress_bar(state.total_steps, state.step, main and t.progress))
-    start_step, stopped = state.step, "done"
+                        progress_bar(state.total_steps, state.step, main and t.progress),
+                        every_step=device.type == "cpu",
+                        context={"lr_base": cfg.optim.lr_base, "tau_base": cfg.ema.tau_base,
+                                 "precision": choice.precision})
+    start_step = state.step
+    timing = {"setup": round(budget.run_seconds(), 1)}
+    loop_start = time.time()
+    budget.start_loop()
     state.online.train()
+    try:
+        stopped = _loop(state, cfg, model, target, choice, dist_info, logger, budget, monitor, ckpt_path, main,
+                        stop_after)
+        logger.finish()  # the last step too, logged or not: a broken final state is never saved
+    except RunFailed as exc:
+        logger.close()
+        if main:
+            write_failure(out_dir, state, exc, run_metrics(state, exc.kind, logger, budget, start_step,
+                                                           time.time() - loop_start), writer)
+        raise
+    logger.close()
+    timing["training"] = round(time.time() - loop_start, 1)
+    if main:
+        save_checkpoint(ckpt_path, checkpoint_payload(state, budget.elapsed()))
+    metrics = run_metrics(state, stopped, logger, budget, start_step, timing["training"])
+    metrics["seconds"] = timing
+    if main and stopped != "stop_after":
+        write_artifacts(out_dir, enc_path, ckpt_path, state, data, metrics, monitor, init_from, started_at)
+    if writer is not None:
+        writer.close()
+    return TrainResult(enc_path, ckpt_path, state.step, metrics)
+
+
+def _loop(state: TrainState, cfg: TrainConfig, model, target, choice, dist_info: DistInfo, logger: StepLogger,
+          budget: TimeBudget, monitor: KnnMonitor, ckpt_path: Path, main: bool, stop_after: int | None) -> str:
+    """Steps until K (or ``stop_after``, or the over-time net); returns why it stopped."""
+    t = cfg.train
     while state.step < state.total_steps:
         if stop_after is not None and state.step >= stop_after:
-            stopped = "stop_after"
-            break
+            return "stop_after"
         lr = 0.0 if state.warmup_steps is None else lr_at(state.step, state.total_steps, state.peak_lr,
                                                           state.warmup_steps)
         tau = tau_at(state.step, state.total_steps, cfg.ema.tau_base)
@@ -128,14 +169,5 @@ def _train(cfg: TrainConfig, out_dir: Path, dist_info: DistInfo, device: torch.d
             save_checkpoint(ckpt_path, checkpoint_payload(state, budget.elapsed()))
         if budget.over_time():  # a safety net for a bad estimate (single process only)
             log.warning("time budget exceeded at step %d of %d; stopping", state.step, state.total_steps)
-            stopped = "time_budget"
-            break
-    logger.close()
-    if main:
-        save_checkpoint(ckpt_path, checkpoint_payload(state, budget.elapsed()))
-    metrics = run_metrics(state, stopped, logger, budget, start_step)
-    if main and stopped != "stop_after":
-        write_artifacts(out_dir, enc_path, ckpt_path, state, data, metrics, monitor, init_from)
-    if writer is not None:
-        writer.close()
-    return TrainResult(enc_path, ckpt_path, state.step, metrics)
+            return "time_budget"
+    return "done"

@@ -83,5 +83,6 @@ def main(argv: list[str]) -> int:
     cfg = RetrainConfig(new_data=args.new_data, parent=args.parent, replay=args.replay, steps=args.steps,
                         minutes=args.minutes, overrides=args.overrides, gate=gate, label_free=label_free,
                         data_root=args.data_root, promote=args.promote, url=args.url, token=args.token)
-    print(tables.retrain(retrain(cfg)))
-    return 0
+    result = retrain(cfg)
+    print(tables.retrain(result))
+    return 1 if result.get("gate", {}).get("gate") == "training" else 0  # the candidate's training failed

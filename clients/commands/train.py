@@ -41,15 +41,15 @@ def choose_config(args: argparse.Namespace):
     from serving.contract.sources import dataset_name
     from training.config import apply_overrides, preset
     from training.config_file import load_config
-    from training.folder import folder_preset
+    from training.folder import explain, folder_preset
 
-    why = None
+    survey = None
     if args.size is not None and (args.preset or args.data is None or dataset_name(args.data)):
         raise ValueError("--size applies to a folder of images without --preset")
     if args.preset:
         cfg = preset(args.preset)
     elif args.data and not dataset_name(args.data):
-        cfg, why = folder_preset(args.data, args.size, gpu=False if args.device == "cpu" else None)
+        cfg, survey = folder_preset(args.data, args.size, gpu=False if args.device == "cpu" else None)
     else:
         cfg = preset("cifar10" if args.data and dataset_name(args.data) == "cifar10" else "fmnist-demo")
     if args.config:
@@ -65,10 +65,14 @@ def choose_config(args: argparse.Namespace):
     for key, value in (("data.source", data), ("data.data_root", args.data_root), ("train.device", args.device)):
         if value:
             overrides.append(f"{key}={json.dumps(value)}")
-    return apply_overrides(cfg, overrides + list(args.overrides)), why
+    cfg = apply_overrides(cfg, overrides + list(args.overrides))
+    return cfg, None if survey is None else explain(cfg, survey)  # what will run, after every override
 
 
 def main(argv: list[str]) -> int:
+    import time
+
+    started = time.time()  # the user's clock: --minutes counts the folder's survey and the set-up too
     args = parser().parse_args(argv)
     from clients import tables
     from training.train import train
@@ -76,5 +80,5 @@ def main(argv: list[str]) -> int:
     cfg, why = choose_config(args)
     if why:
         print(why, flush=True)
-    print(tables.training(train(cfg, Path(args.out), resume=args.resume)))
+    print(tables.training(train(cfg, Path(args.out), resume=args.resume, started_at=started)))
     return 0

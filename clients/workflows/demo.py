@@ -63,8 +63,11 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> int:
     probe = step("probe", lambda: evaluation.fit_probe(evaluation.ProbeConfig(
         model=version, data_root=cfg.data_root, warm_start=warm)), tables.probe)
     step("promote", lambda: release.promote(version), lambda r: tables.release(r, "promote"))
+    from serving.contract.machine import cpu_info
+
     atomic_write_json(cfg.out / "demo_report.json", {  # what README's "Measured" quotes (bench/results/demo_quality)
-        "version": version, "seconds": seconds, "seconds_until_serving": round(time.monotonic() - started, 1),
+        "version": version, "machine": cpu_info(), "seconds": seconds,
+        "seconds_until_serving": round(time.monotonic() - started, 1),
         "eval": report, "probe": {k: probe[k] for k in ("accuracy", "evaluation", "n_train", "n_test")}})
     if not cfg.serve:
         return 0

@@ -270,6 +270,15 @@ class GateConfig(SplitConfig):
         check_labelled(self.data, self.labels, self.data_root)
 
 
+def failed_training(bundle_dir: Path) -> list[str]:
+    """Both gates' first check: a candidate whose training run diverged or collapsed (its manifest's metrics) is
+    rejected whatever its figures (``serving.contract.health``)."""
+    from serving.contract.bundle import read_bundle
+    from serving.contract.health import problems
+
+    return [f"training failed: {p}" for p in problems(read_bundle(bundle_dir)[1].metrics)]
+
+
 def gate(candidate_dir: Path, current_dir: Path, cfg: GateConfig) -> dict:
     """kNN and linear-probe accuracy of both bundles through ONNX Runtime on the same pixels; the verdict."""
     report: dict = {"gate": "labelled", "eval_data": cfg.labels or cfg.data, "tolerance": cfg.tolerance,
@@ -285,8 +294,8 @@ def gate(candidate_dir: Path, current_dir: Path, cfg: GateConfig) -> dict:
         report[name] = {"version": enc.version, **scores.as_dict()}
         report["settings"] = cfg.protocol(len(train), len(test))
     cur, cand = report["current"], report["candidate"]
-    reasons = [f"{m} {cand[m]:.4f} < {cur[m]:.4f} - {cfg.tolerance}" for m in ("knn", "probe")
-               if cand[m] < cur[m] - cfg.tolerance]
+    reasons = failed_training(candidate_dir) + [f"{m} {cand[m]:.4f} < {cur[m]:.4f} - {cfg.tolerance}"
+                                                for m in ("knn", "probe") if cand[m] < cur[m] - cfg.tolerance]
     report["accepted"], report["reasons"] = not reasons, reasons
     return report
 
@@ -392,7 +401,8 @@ def label_free_gate(candidate_dir: Path, current_dir: Path, images: Sequence[Pro
         ("alignment", cand["alignment"] <= cfg.max_alignment_ratio * cur["alignment"] + cfg.alignment_slack),
         ("neighbour_agreement", cand["neighbour_agreement"] >= cfg.min_agreement),
     ]
-    report["reasons"] = [f"{name}: candidate {cand[name]:.4g} vs current {cur.get(name, float('nan')):.4g}"
-                         for name, ok in checks if not ok]
+    report["reasons"] = failed_training(candidate_dir) + [
+        f"{name}: candidate {cand[name]:.4g} vs current {cur.get(name, float('nan')):.4g}" for name, ok in checks
+        if not ok]
     report["accepted"] = not report["reasons"]
     return report

@@ -90,6 +90,17 @@ def keep_training_state(meta: dict, version: str) -> Path | None:
     return target
 
 
+def refuse_failed_run(encoder_file: Path, meta: dict) -> None:
+    """A run that diverged or collapsed is never exported (``serving.contract.health``): its encoder's own metrics,
+    or its run directory's summary when a later session of the run failed after the encoder was written."""
+    from serving.contract.health import problems, run_dir_problems
+
+    found = problems(meta.get("metrics")) + run_dir_problems(encoder_file)
+    if found:
+        raise ValueError(f"refusing to export {encoder_file}: its training run failed ({found[0]}); train it again "
+                         f"with the change the message suggests")
+
+
 def export(cfg: ExportConfig) -> dict:
     """Export, check parity, register (unless told not to); returns the manifest, the tag and the bundle path."""
     if not cfg.register and cfg.out is None:
@@ -100,6 +111,7 @@ def export(cfg: ExportConfig) -> dict:
     from training.export import export_bundle, export_to_temp
 
     encoder, meta = load_encoder(cfg.encoder)
+    refuse_failed_run(cfg.encoder, meta)
     meta = with_eval_report(meta, Path(cfg.encoder).parent / "eval.json")
     kwargs = dict(meta=meta, fp16=cfg.fp16, int8=cfg.int8, atol=cfg.atol, min_cosine=cfg.min_cosine,
                   **parity_inputs(cfg.parity_data or trained_folder(meta), cfg.data_root, cfg.parity_n,

@@ -113,7 +113,15 @@ def _retrain(cfg: RetrainConfig) -> dict:
     run_dir = retrain_dir() / "runs" / f"{parent.version}-{new_fp[:12]}"
     run_dir.mkdir(parents=True, exist_ok=True)
     log.info("retraining %s on %d new image(s) → %s", parent.version, len(new), run_dir)
-    candidate = _candidate(cfg, parent, ckpt, [p for p, _ in new], run_dir)
+    from training.errors import RunFailed
+
+    try:
+        candidate = _candidate(cfg, parent, ckpt, [p for p, _ in new], run_dir)
+    except RunFailed as exc:  # nothing was exported; the images stay new, for a retry with other settings
+        log.error("retrain: the candidate's training failed: %s", exc)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return {"status": "rejected", "parent": parent.version, "new_images": len(new),
+                "gate": {"gate": "training", "accepted": False, "reasons": [f"training failed: {exc}"]}}
     result = {"parent": parent.version, "new_images": len(new), **candidate}
     if not candidate["gate"]["accepted"]:
         result["status"] = "rejected"

@@ -98,3 +98,24 @@ def test_the_label_free_gate_takes_pixels_skips_broken_files_and_needs_enough_im
     assert report["n_images"] == 60 and report["accepted"] and report["sample_from"] == "test pixels"
     with pytest.raises(ValueError, match="at least 20 readable images, found 10"):
         label_free_gate(bundles["sound"], bundles["current"], list(fmnist_test.images[:10]), LabelFreeGateConfig())
+
+
+def test_both_gates_reject_a_candidate_whose_training_diverged_whatever_its_figures(bundles, labelled_folder,
+                                                                                     tmp_path):
+    """A bundle carrying a failed run's metrics (exported by hand, or by an older version) never passes."""
+    from clients.workflows.evaluation import GateConfig, LabelFreeGateConfig, gate, label_free_gate
+
+    failed = {"stopped": "diverged", "steps": 40, "error": "training diverged at step 40: loss is nan"}
+    from training.export import export_bundle
+
+    sound = tiny_encoder(0)
+    with torch.no_grad():
+        for p in sound.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    bundle = tmp_path / "diverged"
+    export_bundle(sound.eval(), bundle, meta={"metrics": failed}, parity_images=sample_images(4))
+    files = sorted(labelled_folder.rglob("*.png"))
+    for report in (gate(bundle, bundles["current"], GateConfig(data=str(labelled_folder), tolerance=0.02)),
+                   label_free_gate(bundle, bundles["current"], files, LabelFreeGateConfig(sample=100))):
+        assert not report["accepted"]
+        assert report["reasons"][0] == "training failed: training diverged at step 40: loss is nan"

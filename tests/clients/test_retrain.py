@@ -197,6 +197,22 @@ def test_rejected_candidate_stays_unpromoted(deployment, tmp_path, fmnist_test):
     assert len(list_bundles()) >= 2
 
 
+def test_a_candidate_whose_training_diverges_is_rejected_and_its_images_stay_new(deployment, tmp_path, fmnist_test,
+                                                                                   capsys):
+    from clients.workflows.retrain import load_seen
+    from serving.store import list_bundles
+
+    served, before = json.loads(paths.release_file().read_text())["current"], len(list_bundles())
+    new = _write_pngs(tmp_path / "incoming-nan", fmnist_test.images[3100:3120])
+    code = byol(["retrain", "--new-data", str(new), "--steps", "4", *EVAL,
+                 *sum((["--set", o] for o in [*TINY, "optim.lr_base=1e38", "optim.trust=1e30"]), [])])
+    out = capsys.readouterr().out
+    assert code == 1 and "failed, nothing was registered" in out and "diverged at step" in out
+    assert json.loads(paths.release_file().read_text())["current"] == served and len(list_bundles()) == before
+    digest = hashlib.sha256((new / "new_000.png").read_bytes()).hexdigest()
+    assert digest not in load_seen()  # a retry with other settings still sees them as new
+
+
 def test_kill_9_at_each_late_stage_then_the_rerun_promotes_the_same_candidate(deployment, tmp_path, fmnist_test):
     """The process dies right after the gate report is written (exported, not registered), then — run again — right
     after the new index is published (not promoted); the third run picks up there and promotes the version exported

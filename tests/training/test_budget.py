@@ -32,40 +32,63 @@ def _run(budget: TimeBudget, clock: FakeClock, steps: int, total: int, warmup_s:
 
 
 def test_lowers_k_to_the_steps_that_fit_timing_only_after_the_warmup_steps():
-    # 60 s budget, 95% usable = 57 s; at step 12 (10 timed steps of 1 s) 20 s are spent: 37 more steps fit.
-    # Timing from step 1 instead would count the second 5 s warm-up step: 1.4 s/step and K 38.
+    # 60 s budget, 95% usable = 57 s. Timing starts after the two 5-s warm-up steps and stops once the timed steps
+    # have used 5 % of the budget (3 s: step 5, before the 10 steps asked for); 13 s are spent: 44 more steps fit.
+    # Timing from step 1 instead would count the second 5 s warm-up step: 2.3 s/step and K 24.
     clock = FakeClock()
     budget = TimeBudget(max_minutes=1.0, calibrate_steps=10, start_step=0, clock=clock)
-    assert _run(budget, clock, 100, total=1000) == (12 + 37, True, 12)
+    assert _run(budget, clock, 100, total=1000) == (5 + 44, True, 5)
+
+
+def test_fast_steps_are_timed_calibrate_steps_long():
+    clock = FakeClock()
+    budget = TimeBudget(max_minutes=10.0, calibrate_steps=10, start_step=0, clock=clock)
+    # 570 s usable; at step 12 (10 timed 1-s steps) 20 s are spent: 550 more steps fit
+    assert _run(budget, clock, 100, total=10_000) == (12 + 550, True, 12)
+
+
+def test_slow_steps_are_timed_at_once_so_the_budget_is_not_spent_calibrating():
+    """A 37-s step and a 3-minute budget (a 64-px folder on 2 cores): timing 2 + 10 steps took 7.4 minutes; now
+    timing starts after the first step and ends after the next, at 5 % of the budget (9 s) each."""
+    clock = FakeClock()
+    budget = TimeBudget(max_minutes=3.0, calibrate_steps=10, start_step=0, clock=clock)
+    assert _run(budget, clock, 100, total=1000, warmup_s=37.0, step_s=37.0) == (4, True, 2)  # 0.95·180 − 74 = 97 s
+
+
+def test_the_set_up_before_the_loop_counts_when_the_users_clock_started_earlier():
+    clock = FakeClock(100.0)
+    budget = TimeBudget(max_minutes=1.0, calibrate_steps=10, start_step=0, clock=clock, started=70.0)
+    budget.start_loop()
+    assert _run(budget, clock, 100, total=1000) == (5 + 14, True, 5)  # 57 s usable − 30 s set-up − 13 s of steps
 
 
 def test_counts_earlier_sessions_of_the_run():
     clock = FakeClock()
     budget = TimeBudget(max_minutes=1.0, calibrate_steps=10, start_step=0, elapsed_before=17.0, clock=clock)
-    assert _run(budget, clock, 100, total=1000)[0] == 12 + 20
+    assert _run(budget, clock, 100, total=1000)[0] == 5 + 27  # 57 − 17 earlier − 13 now
 
 
 def test_never_lowers_k_below_the_next_step():
     clock = FakeClock()
     budget = TimeBudget(max_minutes=1.0, calibrate_steps=10, start_step=0, elapsed_before=100.0, clock=clock)
-    assert _run(budget, clock, 100, total=1000) == (13, True, 12)
+    assert _run(budget, clock, 100, total=1000) == (6, True, 5)
 
 
 def test_leaves_k_alone_when_it_fits():
     clock = FakeClock()
     budget = TimeBudget(max_minutes=1.0, calibrate_steps=10, start_step=0, clock=clock)
-    assert _run(budget, clock, 100, total=40) == (40, True, 12)
+    assert _run(budget, clock, 100, total=40) == (40, True, 5)
 
 
 def test_calibration_starts_where_the_session_starts():
     clock = FakeClock()
-    budget = TimeBudget(max_minutes=1.0, calibrate_steps=3, start_step=50, clock=clock)
+    budget = TimeBudget(max_minutes=10.0, calibrate_steps=3, start_step=50, clock=clock)
     assert budget.calibrate(52, 1000) == (1000, False)  # warm-up skipped: timing starts here
     clock.now += 3.0
     assert budget.calibrate(54, 1000) == (1000, False)
     clock.now += 1.5
-    # 3 steps in 4.5 s; 57 - 4.5 = 52.5 s left → 35 more steps
-    assert budget.calibrate(55, 1000) == (55 + 35, True)
+    # 3 steps in 4.5 s; 570 - 4.5 = 565.5 s left → 377 more steps
+    assert budget.calibrate(55, 1000) == (55 + 377, True)
 
 
 def test_over_time_is_ten_percent_past_the_budget():

@@ -18,7 +18,8 @@ def _encoder(pool: str, seed: int = 0):
     return build_encoder(EncoderConfig(arch="resnet10", stem="small-s2", width=8, input_size=28, pool=pool)).eval()
 
 
-@pytest.mark.parametrize("pool,dim", [("avg", 64), ("grid2", 256), ("multi", 64 + 32 + 16)])
+@pytest.mark.parametrize("pool,dim", [("avg", 64), ("grid2", 256), ("grid4", 1024), ("grid2+s3", 256 + 16 * 32),
+                                      ("multi", 64 + 32 + 16)])
 def test_out_dim_is_what_forward_returns(pool, dim):
     enc = _encoder(pool)
     assert enc.out_dim == dim and enc(torch.rand(3, 3, 28, 28)).shape == (3, dim)
@@ -33,11 +34,11 @@ def test_the_grid_averaged_over_its_cells_is_the_global_average():
 
 
 def test_an_unknown_pool_is_refused_with_the_choices():
-    with pytest.raises(ValueError, match="avg, grid2, multi"):
+    with pytest.raises(ValueError, match=r"avg, grid2, grid4, grid2\+s3, multi"):
         EncoderConfig(pool="max")
 
 
-@pytest.mark.parametrize("pool", ["grid2", "multi"])
+@pytest.mark.parametrize("pool", ["grid2", "grid4", "grid2+s3", "multi"])
 def test_pooled_variants_export_with_parity(pool, tmp_path):
     enc = _encoder(pool)
     export_bundle(enc, tmp_path / "b", parity_images=sample_images(8))  # raises when ONNX and PyTorch disagree

@@ -11,7 +11,7 @@ from tests.conftest import sample_images
 from training.artifact import ENCODER_FORMAT, load_encoder
 from training.config import apply_overrides, preset
 from training.networks import build_encoder
-from training.train import TrainingError, train
+from training.train import RunFailed, TrainingError, train
 
 TINY = ["encoder.width=8", "heads.projector_hidden=32", "heads.out_dim=16", "heads.predictor_hidden=32",
         "train.batch_size=16", "train.steps=4", "train.max_minutes=none", "train.knn_every=2",
@@ -63,16 +63,51 @@ def test_existing_run_is_not_overwritten(tiny_run):
         train(cfg, out, data=_labelled())
 
 
-def test_collapse_aborts_with_a_message(tmp_path):
-    cfg = apply_overrides(preset("fmnist-demo"), TINY + ["train.collapse_std=10.0"])
-    with pytest.raises(TrainingError, match="collapsed at step 1"):
+def _failed_run(tmp_path, kind: str):
+    """A run that fails as ``kind`` says: a collapse threshold no encoder meets, or an lr that overflows."""
+    bad = ["train.collapse_std=10.0"] if kind == "collapsed" else ["optim.lr_base=1e38", "optim.trust=1e30"]
+    cfg = apply_overrides(preset("fmnist-demo"), TINY + bad)
+    with pytest.raises(TrainingError) as exc:
         train(cfg, tmp_path, data=_labelled())
+    return exc.value
 
 
-def test_nan_loss_aborts_with_a_message(tmp_path):
-    cfg = apply_overrides(preset("fmnist-demo"), TINY + ["optim.lr_base=1e38", "optim.trust=1e30"])
-    with pytest.raises(TrainingError, match="loss is nan"):
-        train(cfg, tmp_path, data=_labelled())
+@pytest.mark.parametrize("kind, message", [("collapsed", "collapsed at step 1"), ("diverged", "loss is nan")])
+def test_a_failed_run_stops_with_the_step_and_leaves_no_encoder(tmp_path, kind, message):
+    err = _failed_run(tmp_path, kind)
+    assert isinstance(err, RunFailed) and err.kind == kind and message in str(err) and "\n" not in str(err)
+    assert not (tmp_path / "encoder.pt").exists()
+    summary = json.loads((tmp_path / "summary.json").read_text())["metrics"]
+    assert summary["stopped"] == kind and summary["failed_at_step"] == err.step and summary["error"] == str(err)
+
+
+def test_export_refuses_the_encoder_of_a_run_that_failed_after_it_was_written(tiny_run, tmp_path):
+    """A resumed session that diverged leaves the earlier encoder.pt beside a summary saying so."""
+    import shutil
+
+    from clients.workflows.exporting import ExportConfig, export
+
+    _, res, _ = tiny_run
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(res.encoder_path, run / "encoder.pt")
+    (run / "summary.json").write_text(json.dumps({"metrics": {"stopped": "diverged", "steps": 9,
+                                                              "error": "training diverged at step 9: loss is nan"}}))
+    with pytest.raises(ValueError, match="refusing to export .*diverged at step 9"):
+        export(ExportConfig(encoder=run / "encoder.pt", register=False, out=tmp_path / "bundle"))
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_export_refuses_an_encoder_whose_own_metrics_are_not_finite(tiny_run, tmp_path):
+    from clients.workflows.exporting import ExportConfig, export
+    from training.artifact import save_encoder
+
+    _, res, _ = tiny_run
+    encoder, meta = load_encoder(res.encoder_path)
+    bad = save_encoder(tmp_path / "encoder.pt", encoder, meta={**meta, "metrics": {**meta["metrics"],
+                                                                                   "final_loss": float("nan")}})
+    with pytest.raises(ValueError, match="final_loss is nan"):
+        export(ExportConfig(encoder=bad, register=False, out=tmp_path / "bundle"))
 
 
 def test_init_from_starts_at_the_parents_weights(tiny_run, tmp_path):
