@@ -8,6 +8,10 @@ One command, resumable: a budget whose run finished is read back; one killed hal
 Run it on a quiet machine: the budget is wall-clock time, so a busy machine trains fewer steps.
 
     .venv/bin/python -m bench.quality_curve [--minutes 2,5,10,30,60] [--preset fmnist-demo] [--root runs/curve]
+    # the AVX2 floor, imitated on one core (../shared/ENVIRONMENT.md)
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 OPENBLAS_CORETYPE=Haswell taskset -c 0 .venv/bin/python \
+        -m bench.quality_curve --minutes 2,5,10,30 --name quality_curve_avx2 --label "1 AVX2 core" \
+        --root runs/curve-avx2
 """
 
 from __future__ import annotations
@@ -45,12 +49,12 @@ def score_run(encoder_file: Path, baselines: bool) -> dict:
         return json.loads(done.read_text())
     report = evaluate(EvalConfig(encoder=str(encoder_file), baselines=baselines))
     summary = json.loads((encoder_file.parent / "summary.json").read_text())
-    report["train"] = {k: summary["metrics"][k] for k in ("steps", "train_minutes", "images_per_s")}
+    report["train"] = {k: summary["metrics"].get(k) for k in ("steps", "train_minutes", "images_per_s", "precision")}
     atomic_write_json(done, report)
     return report
 
 
-def plot(rows: list[dict], baselines: dict, path: Path) -> None:
+def plot(rows: list[dict], baselines: dict, path: Path, machine_line: str = "2 CPU cores") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -67,7 +71,7 @@ def plot(rows: list[dict], baselines: dict, path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xticks(minutes, [f"{m:g}" for m in minutes])
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set_xlabel("training minutes (2 CPU cores)")
+    ax.set_xlabel(f"training minutes ({machine_line})")
     ax.set_ylabel("accuracy on Fashion-MNIST test (%)")
     ax.set_title("Standard protocol: 60k bank, 10k queries")
     ax.grid(alpha=0.3)
@@ -81,6 +85,9 @@ def main() -> None:
     p.add_argument("--minutes", default="2,5,10,30,60")
     p.add_argument("--preset", default="fmnist-demo")
     p.add_argument("--root", type=Path, default=Path("runs/curve"))
+    p.add_argument("--name", default="quality_curve",
+                   help="results file stem (e.g. quality_curve_avx2 for the AVX2 floor; the CPU is recorded inside)")
+    p.add_argument("--label", default="2 CPU cores", help="what the plot's x axis says about the machine")
     args = p.parse_args()
     import torch
 
@@ -99,10 +106,13 @@ def main() -> None:
               f"{100 * t['knn_200']:.2f}  probe {100 * t['probe']:.2f}   (raw pixels kNN@20 "
               f"{100 * baselines['raw_pixels']['knn']:.2f}, random init {100 * baselines['random_init']['knn']:.2f})",
               flush=True)
-    atomic_write_json(RESULTS / "quality_curve.json", {"benchmark": "quality_curve", "preset": args.preset,
-                                                       "machine": info, "baselines": baselines, "rows": rows})
-    plot(rows, baselines, RESULTS / "quality_curve.png")
-    print(f"wrote {RESULTS / 'quality_curve.json'} and quality_curve.png")
+    from bench.machine import cpu_line
+
+    print(cpu_line(info["cpu"]))
+    atomic_write_json(RESULTS / f"{args.name}.json", {"benchmark": "quality_curve", "preset": args.preset,
+                                                      "machine": info, "baselines": baselines, "rows": rows})
+    plot(rows, baselines, RESULTS / f"{args.name}.png", args.label)
+    print(f"wrote {RESULTS / (args.name + '.json')} and {args.name}.png")
 
 
 if __name__ == "__main__":

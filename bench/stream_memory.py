@@ -131,6 +131,7 @@ def main() -> int:
     row = {"files": info["files"], "distinct": args.distinct, "size": args.size, "minutes": args.minutes,
            "overrides": args.overrides,
            "steps": summary["metrics"].get("steps"), "images_per_s": summary["metrics"].get("images_per_s"),
+           "precision": summary["metrics"].get("precision"),
            "peak_rss_trainer_bytes": peak_rss, "peak_pss_tree_bytes": peak_pss, "max_processes": procs,
            "decoded_at_input_size_bytes": decoded_at_size,
            "decoded_full_resolution_bytes": info["decoded_full_resolution_bytes"],
