@@ -51,6 +51,14 @@ def local_device(requested: str, info: DistInfo) -> torch.device:
     return torch.device("cpu")
 
 
+def leave_together(info: DistInfo) -> None:
+    """A barrier before a successful run's ranks leave: a rank that tears its gloo pairs down while a peer still
+    finishes (rank 0 writes the artifacts) can abort that peer ("terminate called without an active exception",
+    seen on CI). Not on the error path, where the other ranks may never arrive."""
+    if info.enabled and dist.is_initialized():
+        dist.barrier()
+
+
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()

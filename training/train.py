@@ -27,7 +27,7 @@ from training.budget import TimeBudget
 from training.byol import Branch, Online, make_target, train_step
 from training.checkpoint import save_checkpoint
 from training.config import TrainConfig
-from training.distributed import DistInfo, cleanup, env_info, init_distributed, local_device
+from training.distributed import DistInfo, cleanup, env_info, init_distributed, leave_together, local_device
 from training.errors import RunFailed, TrainingError
 from training.monitor import KnnMonitor
 from training.precision import set_tf32
@@ -83,7 +83,10 @@ def train(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, data: ImageS
         set_tf32(device)  # "fp32" on CUDA is TF32 (training.precision)
     init_distributed(dist_info, device)
     try:
-        return _train(cfg, Path(out_dir), dist_info, device, resume, data, holdout, init_from, stop_after, started_at)
+        result = _train(cfg, Path(out_dir), dist_info, device, resume, data, holdout, init_from, stop_after,
+                        started_at)
+        leave_together(dist_info)
+        return result
     finally:
         cleanup(dist_info)
 
@@ -167,7 +170,9 @@ def _loop(state: TrainState, cfg: TrainConfig, model, target, choice, dist_info:
             monitor.at_step(state.step, state.online.branch.encoder, state.history, logger.last_loss)
         if main and t.checkpoint_every and state.step % t.checkpoint_every == 0:
             save_checkpoint(ckpt_path, checkpoint_payload(state, budget.elapsed()))
-        if budget.over_time():  # a safety net for a bad estimate (single process only)
+        # a safety net for a bad estimate (single process only); not before K is fixed: a set-up that ate the
+        # budget leaves K = the next step at calibration, so the schedules still end instead of stopping at lr 0
+        if state.calibrated and budget.over_time():
             log.warning("time budget exceeded at step %d of %d; stopping", state.step, state.total_steps)
             return "time_budget"
     return "done"

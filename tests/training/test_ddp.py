@@ -94,6 +94,7 @@ def _dist_steps(rank: int, out: str, port: int) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
         _steps(rank, 2, out)
+        dist.barrier()  # leave together (training.distributed.leave_together)
     finally:
         dist.destroy_process_group()
 
