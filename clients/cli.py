@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("clients.commands.demo:main", "the whole job on Fashion-MNIST: train, eval, export, index, probe, serve"),
     "config": ("clients.commands.config:main", "print a preset or a config file as YAML (config show)"),
     "sample-image": ("clients.commands.sample:main", "write a sample image to try the API with (a shirt)"),
+    "sample-folder": ("clients.commands.sample_folder:main", "write a folder of labelled photo-like images to try"),
 }
 
 DIST_NAME = "byol-embed"

@@ -38,6 +38,11 @@ INT8_FILE = "encoder_int8.onnx"
 INT8_ATOL = 0.1  # int8 weights and activations: measured max |diff| 2e-3..3e-2 on unit-norm vectors (bench)
 INT8_MIN_COSINE = 0.99
 N_SYNTHETIC = 16  # parity images made when the caller gives none (a warning says so)
+# Batch 1 vs batch N of one graph: bit-equal with the data set's normalisation. With each image's own
+# (``encoder.input_norm='image'``) ONNX Runtime's basic graph optimisations make the vectors batch-dependent at float
+# rounding (with optimisations off, bit-equal again): 2.6e-5 on unit vectors at random init, 1.7e-4 after a 4-step
+# retrain of a width-8 test encoder — cosines unchanged to 1e-6, no neighbour moves. That graph is held to this bound.
+IMAGE_NORM_BATCH_ATOL = 1e-3
 
 
 class ExportError(RuntimeError):
@@ -156,7 +161,9 @@ def _parity(bundle_dir: Path, graph: ServingGraph, batch: np.ndarray, source: st
     figures["batch_1_vs_n_max_abs_diff"] = compare(whole, singles)["max_abs_diff"]
     name = onnx_file or "ONNX"
     _check(name, figures, atol, min_cosine)
-    if figures["batch_1_vs_n_max_abs_diff"] > atol:
+    batch_atol = max(atol, IMAGE_NORM_BATCH_ATOL) if graph.encoder.cfg.input_norm == "image" else atol
+    figures["batch_atol"] = batch_atol
+    if figures["batch_1_vs_n_max_abs_diff"] > batch_atol:
         raise ExportError(f"{name}: batch size changes the vectors: max diff "
                           f"{figures['batch_1_vs_n_max_abs_diff']:.3g} between batch 1 and {len(batch)}")
     return figures

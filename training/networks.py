@@ -25,6 +25,8 @@ ARCHS = {
 }
 STEMS = ("imagenet", "small", "small-s2")
 POOLS = ("avg", "grid2", "grid4", "grid2+s3", "multi")
+INPUT_NORMS = ("dataset", "image")
+IMAGE_NORM_EPS = 0.02  # a flat image (RMS contrast ~0) is not blown up into noise
 
 
 @dataclass
@@ -39,7 +41,9 @@ class EncoderConfig:
     class information in their layout), 'grid4' (a 4×4 grid of the last stage, for stride-1 stems whose last maps
     are that large), 'grid2+s3' (the 2×2 grid of the last stage beside the 4×4 map of the third, each part unit
     norm), 'multi' (the global averages of the last three stages side by side). ``bench/recipe_ablation.py``
-    measured them for the CPU demo (the preset's docstring says what won).
+    measured them for the CPU demo (the preset's docstring says what won). ``input_norm``: 'dataset' (the paper:
+    the data set's mean/std) or 'image' (each image's own: every channel centred on its mean, all scaled by the
+    image's RMS contrast — an exposure or colour cast then changes nothing; ``training.folder``'s CPU presets).
     """
 
     arch: str = "resnet50"
@@ -49,8 +53,11 @@ class EncoderConfig:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     pool: str = "avg"
+    input_norm: str = "dataset"
 
     def __post_init__(self) -> None:
+        if self.input_norm not in INPUT_NORMS:
+            raise ValueError(f"unknown encoder input_norm {self.input_norm!r}; choose from {', '.join(INPUT_NORMS)}")
         if self.pool not in POOLS:
             raise ValueError(f"unknown encoder pool {self.pool!r}; choose from {', '.join(POOLS)}")
         if self.arch not in ARCHS:
@@ -96,7 +103,8 @@ class ResNetTrunk(_tv.models.ResNet):
 
 
 class Encoder(nn.Module):
-    """f: normalise with the dataset's mean/std (kept as buffers, exported with the graph), then the trunk."""
+    """f: normalise (the dataset's mean/std, kept as buffers, or each image's own; exported with the graph), then
+    the trunk."""
 
     def __init__(self, cfg: EncoderConfig) -> None:
         super().__init__()
@@ -110,7 +118,11 @@ class Encoder(nn.Module):
         self.register_buffer("std", torch.tensor(cfg.std).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x - self.mean) / self.std
+        if self.cfg.input_norm == "image":  # per image, so batch 1 ≡ batch N (training.export's bound on it)
+            x = x - x.mean(dim=(2, 3), keepdim=True)
+            x = x / (x.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt() + IMAGE_NORM_EPS)
+        else:
+            x = (x - self.mean) / self.std
         if self.cfg.pool == "avg":
             return self.trunk(x)
         t = self.trunk

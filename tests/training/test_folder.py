@@ -1,5 +1,5 @@
-"""Folder presets: the resolution from the images' sizes, the statistics from their pixels, and the CPU settings
-(batch and bf16 autocast) when there is no GPU."""
+"""Folder presets: the resolution from the images' sizes, the statistics from their pixels, the paper's recipe on a
+GPU and the one designed for minutes without one."""
 
 from __future__ import annotations
 
@@ -37,13 +37,29 @@ def test_a_folder_of_150_px_images_gets_the_128_px_preset_with_its_own_statistic
     assert cfg.encoder.mean == pytest.approx((0.2,) * 3, abs=0.01) and max(cfg.encoder.std) < 0.01  # all grey 51
 
 
-def test_without_a_gpu_the_preset_trains_a_smaller_batch_and_says_so(tmp_path):
+def test_without_a_gpu_the_preset_is_the_cpu_recipe_and_says_so(tmp_path):
+    """The GPU keeps the paper's network and views; the CPU gets the small network, batch and strong colour views
+    of training/folder.py at every size — the same normalisation and resolution either way."""
     folder = make_folder(tmp_path, 6, 150)
     gpu, _ = folder_preset(folder, gpu=True)
     cpu, why = preset_and_why(folder, gpu=False)
-    assert gpu.train.batch_size == 256 and cpu.train.batch_size == CPU_BATCH[128] and "no GPU" in why
+    assert (gpu.encoder.arch, gpu.encoder.width, gpu.train.batch_size) == ("resnet18", 64, 256)
+    assert gpu.augment.view1.crop_scale == (0.08, 1.0) and gpu.augment.view1.hue == 0.1  # the paper's views
+    assert (cpu.encoder.arch, cpu.encoder.width, cpu.encoder.pool, cpu.train.batch_size) == ("resnet10", 16, "grid2",
+                                                                                            CPU_BATCH)
+    assert cpu.augment.view1.hue == 0.5 and cpu.augment.view2.solarize_p == 0.2  # colour no shortcut, still T / T′
+    assert (cpu.encoder.input_norm, gpu.encoder.input_norm) == ("image", "dataset")  # exposure no shortcut either
+    assert "no GPU" in why and "resnet10" in why and f"batch {CPU_BATCH}" in why
     assert "bf16" not in why and (cpu.train.precision, gpu.train.precision) == ("auto", "auto")  # measured, not assumed
-    assert cpu.encoder == gpu.encoder and cpu.optim == gpu.optim  # the lr follows the batch by lr_base × batch/256
+    assert (cpu.encoder.input_size, cpu.encoder.mean, cpu.encoder.std) == (gpu.encoder.input_size, gpu.encoder.mean,
+                                                                         gpu.encoder.std)
+
+
+@pytest.mark.parametrize("side", [40, 150, 400])
+def test_the_cpu_recipe_blurs_in_proportion_to_the_side(tmp_path, side):
+    cfg, _ = folder_preset(make_folder(tmp_path, 3, side), gpu=False)
+    size = cfg.encoder.input_size
+    assert cfg.augment.view1.blur_sigma[1] == pytest.approx(max(0.2, 2.0 * size / 224), abs=0.01)
 
 
 def test_size_forces_the_resolution_and_an_empty_folder_is_an_error(tmp_path):

@@ -45,3 +45,34 @@ def test_pooled_variants_export_with_parity(pool, tmp_path):
     onnx = OnnxEncoder(tmp_path / "b", intra_op_threads=1)
     x = onnx.embed(np.stack(sample_images(4)))
     assert onnx.dim == enc.out_dim and x.shape == (4, enc.out_dim)
+
+
+def _image_norm_encoder(seed: int = 0):
+    torch.manual_seed(seed)
+    return build_encoder(EncoderConfig(arch="resnet10", stem="small-s2", width=8, input_size=28, pool="grid2",
+                                       input_norm="image")).eval()
+
+
+def test_image_normalisation_ignores_a_colour_cast_and_exposure_the_dataset_one_does_not():
+    """'image' centres each channel on the image's own mean and divides by its RMS contrast (+ a small floor): a
+    per-channel offset changes nothing; an exposure (×0.7) only through the floor."""
+    x = torch.rand(2, 3, 28, 28) * 0.6 + 0.2
+    cast = x + torch.tensor([0.1, -0.05, 0.15]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        enc, plain = _image_norm_encoder(), _encoder("grid2")
+        assert torch.allclose(enc(cast), enc(x), atol=1e-5)
+        assert not torch.allclose(plain(cast), plain(x), atol=1e-3)
+        scaled = enc(x * 0.7)
+        assert (scaled - enc(x)).abs().max() < 0.2 * (plain(x * 0.7) - plain(x)).abs().max()
+
+
+def test_an_unknown_input_norm_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="dataset, image"):
+        EncoderConfig(input_norm="batch")
+
+
+def test_image_normalisation_exports_with_parity(tmp_path):
+    enc = _image_norm_encoder()
+    export_bundle(enc, tmp_path / "b", parity_images=sample_images(8))  # raises when ONNX and PyTorch disagree
+    x = OnnxEncoder(tmp_path / "b", intra_op_threads=1).embed(np.stack(sample_images(4)))
+    assert x.shape == (4, enc.out_dim)
