@@ -25,7 +25,7 @@ then NaN). What the rounds kept, and why:
   the steps of the demo's 3×3/2 stem at batch 128 in the same minutes; f's last stage pooled on a 2×2 grid;
 - **each image normalised by its own statistics** (``encoder.input_norm='image'``: channel means removed, RMS
   contrast divided out, inside the exported graph). The encoders trained without it found the photos' exposure
-  and colour cast, which two crops of one picture share: their neighbours agreed on brightness 92–95 % of the time
+  and colour cast, which two crops of one picture share: their neighbours agreed on brightness 89–95 % of the time
   (raw pixels' 66 %) and on the class 35–36 % on two seeds in three (raw pixels 35.4 %; one seed reached 50 %),
   whatever the lr, τ, width, crops or blur. With it: 59.0 and 54.1 % on two seeds. A random-init encoder with the
   same normalisation already scores 54.9 % (it sees shapes once exposure is gone); what training adds shows most
