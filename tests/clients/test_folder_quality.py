@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 
 KIND, SIZE, N_IMAGES, STEPS = "objects", 64, 1500, 300
 MARGIN = 0.05
-RUN = ["train.steps=300", "train.epochs=none", "train.max_minutes=none", "train.knn_every=0",
+RUN = [f"train.steps={STEPS}", "train.epochs=none", "train.max_minutes=none", "train.knn_every=0",
        "train.checkpoint_every=0", "train.progress=false", "train.device=cpu"]
 
 
