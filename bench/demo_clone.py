@@ -17,14 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,24 +29,21 @@ GOAL_SECONDS, GOAL_POINTS = 600, 3.0
 GIVE_UP = 1800
 
 
-def answered(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
-def run_demo(clone: Path, cpus: str, port: int) -> tuple[float, float]:
+def run_demo(clone: Path, cpus: str) -> tuple[float, float]:
     """``make demo`` in ``clone`` under ``taskset -c cpus``: ``(seconds until /readyz answered, install seconds)``.
-    The demo stays in the foreground serving; it is stopped (its process group) once the API answered."""
+    The demo stays in the foreground serving; once the API answered it is stopped like any local server (its
+    process group and the BentoML workers in their own sessions: ``clients.local_server.Server.stop``)."""
+    from clients.local_server import Server, free_port, ready
+
+    port = free_port()
     log = clone.parent / f"{clone.name}.log"
     t0 = time.time()
     with log.open("w") as fh:
         proc = subprocess.Popen(["taskset", "-c", cpus, "make", "demo", f"PORT={port}"], cwd=clone, stdout=fh,
                                 stderr=subprocess.STDOUT, start_new_session=True)
+    server = Server(f"http://127.0.0.1:{port}", proc, log)
     try:
-        while not answered(port):
+        while not ready(server.url):
             if proc.poll() is not None:
                 raise SystemExit(f"make demo exited {proc.returncode} before the API answered; see {log}")
             if time.time() - t0 > GIVE_UP:
@@ -58,12 +51,7 @@ def run_demo(clone: Path, cpus: str, port: int) -> tuple[float, float]:
             time.sleep(1)
         api = time.time() - t0
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        server.stop()
     installed = clone / ".venv" / ".installed"
     return api, (installed.stat().st_mtime - t0) if installed.is_file() else float("nan")
 
@@ -129,7 +117,7 @@ def main() -> None:
         shutil.rmtree(clone, ignore_errors=True)
         clone.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
-        api, install = run_demo(clone, args.cpus, 3000 + random.randrange(1000))
+        api, install = run_demo(clone, args.cpus)
     r = row(args.name, clone, api, install, args.cpus, args.note)
     print(line(r))
     save(r)

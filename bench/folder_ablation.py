@@ -26,7 +26,8 @@ import json
 import time
 from pathlib import Path
 
-from bench.folder_quality import ensure_folder, folder_pixels, labelled, raw_pixels, scores, split
+from bench.folder_quality import ensure_folder, raw_pixels, scores
+from clients.workflows.synthetic import folder_pixels, labelled, scoring_split
 
 RESULTS = Path(__file__).resolve().parent / "results" / "folder_ablation.json"
 
@@ -152,7 +153,7 @@ def run_variant(kind: str, size: int, name: str, minutes: float, seed: int, root
     summary = train_variant(folder, size, VARIANTS[name], minutes, seed, out)
     encoder, _ = load_encoder(out / "encoder.pt")
     paths, y, _ = labelled(folder)
-    bank, query = split(len(paths))
+    bank, query = scoring_split(len(paths))
     images = folder_pixels(folder, paths, size)
     cfg, m = summary["config"], summary["metrics"]
     row = {"kind": kind, "size": size, "variant": name, "seed": seed, "minutes": minutes, "tag": tag,
@@ -181,7 +182,7 @@ def diagnose(kind: str, size: int, names: list[str], seeds: list[int], minutes: 
 
     folder = ensure_folder(root / "data", kind, size)
     paths, y, _ = labelled(folder)
-    bank, query = split(len(paths))
+    bank, query = scoring_split(len(paths))
     images = folder_pixels(folder, paths, size)
     level = images.reshape(len(images), -1).mean(1)
     targets = {"class": y, "bright": (level > np.median(level)).astype(np.int64),

@@ -32,9 +32,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from clients.workflows.synthetic import SCORING_QUERIES, folder_pixels, labelled, scoring_split
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "folder_quality.json"
-N_IMAGES, N_QUERIES, SPLIT_SEED = 6000, 1000, 0
+N_IMAGES = 6000
 K, TEMPERATURE = 20, 0.07
 GOAL_POINTS = 5.0  # kNN@20 at least raw pixels + 5 points
 PROBE_PIXELS = 32  # the raw-pixel probe's side (see raw_pixels)
@@ -54,30 +56,6 @@ def ensure_folder(root: Path, kind: str, size: int, n: int = N_IMAGES, seed: int
         make_folder(folder, kind, size, n, seed)
         print(f"generated {folder} ({n} images, {time.time() - t0:.0f} s)", flush=True)
     return folder
-
-
-def labelled(folder: Path) -> tuple[list[str], np.ndarray, list[str]]:
-    """``(relative paths sorted, labels [N], class names)`` from the folder's ``labels.csv``."""
-    from clients.workflows.synthetic import read_labels
-
-    rows = read_labels(folder)
-    paths = sorted(rows)
-    classes = sorted(set(rows.values()))
-    return paths, np.array([classes.index(rows[p]) for p in paths], dtype=np.int64), classes
-
-
-def split(n: int, queries: int = N_QUERIES, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded ``(bank, queries)`` indices; ``queries`` is capped at a sixth of ``n`` (small folders)."""
-    perm = np.random.default_rng(seed).permutation(n)
-    q = min(queries, n // 6)
-    return np.sort(perm[q:]), np.sort(perm[:q])
-
-
-def folder_pixels(folder: Path, paths: list[str], size: int) -> np.ndarray:
-    """uint8 ``[N, size, size, 3]`` decoded and fitted exactly as ``byol embed-folder`` reads files."""
-    from serving.contract.image import load
-
-    return np.stack([load((folder / p).read_bytes(), size) for p in paths])
 
 
 def scores(x: np.ndarray, y: np.ndarray, bank: np.ndarray, query: np.ndarray, probe: bool = True) -> dict:
@@ -102,7 +80,7 @@ def raw_pixels(folder: Path, size: int, cache: Path, probe: bool = True) -> dict
     from index.metrics import pixel_features
 
     paths, y, _ = labelled(folder)
-    bank, query = split(len(paths))
+    bank, query = scoring_split(len(paths))
     t0 = time.time()
     images = folder_pixels(folder, paths, size)
     out = scores(pixel_features(images), y, bank, query, probe=False)
@@ -124,7 +102,7 @@ def random_init(encoder_file: Path, folder: Path, probe: bool = True) -> dict:
 
     encoder, _ = load_encoder(encoder_file)
     paths, y, _ = labelled(folder)
-    bank, query = split(len(paths))
+    bank, query = scoring_split(len(paths))
     images = folder_pixels(folder, paths, encoder.cfg.input_size)
     rnd = random_init_like(encoder, calibrate_on=images[bank])
     return scores(embed_images(rnd, images), y, bank, query, probe)
@@ -158,7 +136,7 @@ def embedded(out: Path, folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarra
     if missing:
         raise RuntimeError(f"{len(missing)} labelled files were not embedded, e.g. {missing[0]}")
     x = np.asarray(vectors)[[where[p] for p in paths]]
-    bank, query = split(len(paths))
+    bank, query = scoring_split(len(paths))
     return x, y, bank, query
 
 
@@ -240,7 +218,7 @@ def save(rows: list[dict], record: dict, args: argparse.Namespace) -> None:
     keep = [r for r in previous if key(r) not in {key(r) for r in rows}]
     atomic_write_json(RESULTS, {
         "benchmark": "folder_quality",
-        "protocol": f"generated labelled folder of {args.n} images (+3 broken files); seeded split {N_QUERIES} "
+        "protocol": f"generated labelled folder of {args.n} images (+3 broken files); seeded split {SCORING_QUERIES} "
                     f"queries / the rest as bank; weighted kNN k={K} T={TEMPERATURE} and a linear probe on "
                     "embed-folder's ONNX vectors; raw pixels at the input size; random init of the same "
                     "architecture with BatchNorm calibrated on the bank",

@@ -87,7 +87,8 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def _ready(url: str) -> bool:
+def ready(url: str) -> bool:
+    """Whether the server at ``url`` answers ``/readyz`` with 200 now."""
     try:
         with urllib.request.urlopen(url + "/readyz", timeout=2) as r:
             return r.status == 200
@@ -116,7 +117,7 @@ def start(env: dict | None = None, timeout: float = 90.0, service: str = SERVICE
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{server.log()[-3000:]}")
-        if _ready(server.url):
+        if ready(server.url):
             return server
         time.sleep(0.2)
     server.stop()

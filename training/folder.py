@@ -118,8 +118,7 @@ def _cpu_for_size(size: int, mean, std) -> TrainConfig:
                                              input_norm="image"),
                        heads=HeadsConfig(projector_hidden=1024, out_dim=128, predictor_hidden=1024),
                        augment=_cpu_views(size),
-                       optim=OptimConfig(lr_base=2.0, weight_decay=1.5e-6, trust=1e-3, clip_lr=False,
-                                         warmup_fraction=0.05),
+                       optim=OptimConfig(lr_base=2.0, warmup_fraction=0.05),  # the paper's LARS otherwise
                        ema=EmaConfig(tau_base=0.98),
                        train=LoopConfig(batch_size=CPU_BATCH, epochs=100, checkpoint_every=1000, knn_every=0))
 

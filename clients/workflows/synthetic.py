@@ -42,6 +42,7 @@ SUPERSAMPLE = 2  # drawn at twice the side, then reduced: anti-aliased edges, as
 JPEG_EVERY = 3  # one file in three a JPEG
 BROKEN = ("broken/not-an-image.png", "g1/truncated.jpg", "g4/s2/empty.png")
 LABELS_CSV = "labels.csv"
+SCORING_QUERIES, SCORING_SEED = 1000, 0  # the seeded split every score of a labelled folder uses
 POSITION_SPREAD = 0.5
 SCENE_CAST = 0.35
 
@@ -487,3 +488,30 @@ def read_labels(root: str | Path) -> dict[str, str]:
     with path.open(newline="") as fh:
         rows = list(csv.reader(fh))
     return {r[0]: r[1] for r in rows[1:] if len(r) >= 2}
+
+
+# ---------------------------------------------------------------------------------------------------- scoring
+
+
+def labelled(root: str | Path) -> tuple[list[str], np.ndarray, list[str]]:
+    """``(relative paths sorted, labels [N], class names sorted)`` from a folder's ``labels.csv``."""
+    rows = read_labels(root)
+    paths = sorted(rows)
+    classes = sorted(set(rows.values()))
+    return paths, np.array([classes.index(rows[p]) for p in paths], dtype=np.int64), classes
+
+
+def scoring_split(n: int, queries: int = SCORING_QUERIES, seed: int = SCORING_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded sorted ``(bank, queries)`` indices of ``n`` labelled images; ``queries`` is capped at a sixth of ``n``
+    (small folders). The bench (``bench/folder_quality.py``) and the folder quality test score on it."""
+    perm = np.random.default_rng(seed).permutation(n)
+    q = min(queries, n // 6)
+    return np.sort(perm[q:]), np.sort(perm[:q])
+
+
+def folder_pixels(root: str | Path, paths: list[str], size: int) -> np.ndarray:
+    """uint8 ``[N, size, size, 3]`` of ``paths`` under ``root``, decoded and fitted exactly as ``byol embed-folder``
+    reads files (the raw-pixel baseline sees what the encoder saw)."""
+    from serving.contract.image import load
+
+    return np.stack([load((Path(root) / p).read_bytes(), size) for p in paths])

@@ -49,5 +49,3 @@ def cpu_line(info: dict | None = None) -> str:
     torch_part = f", torch {info['torch_capability']}, {info['torch_threads']} threads" if "torch_capability" in info \
         else ""
     return f"CPU: {info['model']}, {flags}{torch_part}{env}"
-
-

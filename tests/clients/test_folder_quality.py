@@ -31,9 +31,8 @@ RUN = [f"train.steps={STEPS}", "train.epochs=none", "train.max_minutes=none", "t
 
 def test_served_vectors_of_a_folder_beat_its_raw_pixels(tmp_path, capsys, monkeypatch):
     from clients.workflows.embedding import read_embeddings
-    from clients.workflows.synthetic import make_folder, read_labels
+    from clients.workflows.synthetic import folder_pixels, labelled, make_folder, scoring_split
     from index.metrics import knn_accuracy, pixel_features
-    from serving.contract.image import load
 
     monkeypatch.setenv("BYOL_HOME", str(tmp_path / "home"))
     folder = make_folder(tmp_path / "photos", KIND, SIZE, N_IMAGES).root
@@ -44,15 +43,12 @@ def test_served_vectors_of_a_folder_beat_its_raw_pixels(tmp_path, capsys, monkey
     version = next(line.split()[1] for line in capsys.readouterr().out.splitlines() if line.startswith("version"))
     assert byol(["embed-folder", str(folder), "--out", str(out), "--model", version, "--quiet"]) == 0
 
-    labels = read_labels(folder)  # {relative path: class}, the layout bench/folder_quality.py scores
-    paths, classes = sorted(labels), sorted(set(labels.values()))
-    y = np.array([classes.index(labels[p]) for p in paths])
+    paths, y, _ = labelled(folder)  # labels.csv, scored on the split bench/folder_quality.py uses
     vectors, rows, _ = read_embeddings(out)
     where = {r["path"]: i for i, r in enumerate(rows)}
     served = np.asarray(vectors)[[where[p] for p in paths]]  # every labelled file was embedded, in any order
-    pixels = pixel_features(np.stack([load((folder / p).read_bytes(), SIZE) for p in paths]))  # as embed-folder reads
-    perm = np.random.default_rng(0).permutation(len(paths))
-    bank, query = np.sort(perm[N_IMAGES // 6:]), np.sort(perm[:N_IMAGES // 6])
+    pixels = pixel_features(folder_pixels(folder, paths, SIZE))  # decoded as embed-folder reads them
+    bank, query = scoring_split(len(paths))
 
     def knn(x: np.ndarray) -> float:
         return knn_accuracy(x[bank], y[bank], x[query], y[query], k=20)
