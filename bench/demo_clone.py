@@ -112,13 +112,19 @@ def main() -> None:
     args = p.parse_args()
     if args.record:
         clone, api, install = args.record, args.api_seconds, args.install_seconds
+        load = None  # not known here
     else:
         clone = args.workdir / f"demo-{args.name}"
         shutil.rmtree(clone, ignore_errors=True)
         clone.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+        from bench.machine import load_averages
+
+        before = load_averages()
         api, install = run_demo(clone, args.cpus)
+        load = {"before": before, "after": load_averages()}
     r = row(args.name, clone, api, install, args.cpus, args.note)
+    r["load_1_5_15"] = load
     print(line(r))
     save(r)
     sys.exit(0 if r["goal_met"] else 1)

@@ -152,6 +152,9 @@ def run_one(folder: Path, kind: str, size: int, minutes: float, root: Path, prob
     done = run / "row.json"
     if done.is_file() and not fresh:
         return json.loads(done.read_text())
+    from bench.machine import load_averages
+
+    load_before = load_averages()
     shutil.rmtree(run, ignore_errors=True)
     run.mkdir(parents=True)
     env = {**os.environ, "BYOL_HOME": str(root / "home"), "BENTOML_HOME": str(root / "home" / "bentoml"),
@@ -178,6 +181,7 @@ def run_one(folder: Path, kind: str, size: int, minutes: float, root: Path, prob
            "trained": scores(x, y, bank, query, probe),
            "random_init": random_init(run / "train" / "encoder.pt", folder, probe),
            "raw_pixels": raw_pixels(folder, size, root / "baselines", probe)}
+    row["load_1_5_15"] = {"before": load_before, "after": load_averages()}  # each row's own, read back with it
     row["margin_points"] = round(100 * (row["trained"]["knn"] - row["raw_pixels"]["knn"]), 2)
     row["goal_met"] = row["margin_points"] >= GOAL_POINTS
     atomic_write_json(done, row)
