@@ -436,14 +436,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def bench_logging() -> None:
+    """Progress lines on stderr; the libraries' chatter (HTTP clients, the ONNX exporter) kept out."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    for noisy in ("httpx", "onnxscript", "onnx_ir", "torch.onnx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     from bench.machine import machine, recorded_load
     from serving.contract.atomic import atomic_write_json
 
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    for noisy in ("httpx", "onnxscript", "onnx_ir", "torch.onnx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    bench_logging()
     home = Path(os.environ["BYOL_HOME"])
     try:
         with recorded_load(strict=args.strict, limit=args.max_load) as load:

@@ -7,7 +7,8 @@ versions), while /admin/reload swaps between two versions every 2 s. Checks, pri
 * errors: every answer other than 2xx and 503 (a 503 + Retry-After is the server saying "busy", allowed);
 * lost adds: acknowledged adds not found (top-1 by their own image) in the version served at the end, nor after one
   more reload to the other version; removed items back: acknowledged removals found again;
-* memory: the worker's RSS (from /proc) at the end vs a *fresh* worker started on the same data (the same
+* memory: the RSS (from /proc) of the service's processes together — the embedding worker(s) and the index service —
+  at the end vs a *fresh* server started on the same data (the same
   ``BYOL_HOME`` after the soak: every acknowledged add in its index and collection), warmed with 1,000 embed/search
   requests and two swaps, both read right after a swap has completed (a swap releases the old version's memory);
   allowed +10%; and vs the worker's own RSS after warm-up (the first swap after 10% of the requests), allowed +10%.
@@ -91,17 +92,28 @@ def _source(home: Path) -> str:
     return str(folder)
 
 
-def worker_rss_mb(server) -> float:
+def service_rss_mb(server) -> dict[str, float]:
+    """RSS of each BentoML service process of the server (``byol_embed`` workers, the ``byol_index`` service), MB."""
     from clients.local_server import descendants
 
-    sizes = []
+    sizes: dict[str, float] = {}
     for pid in descendants(server.proc.pid):
         try:
             status = Path(f"/proc/{pid}/status").read_text()
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        sizes += [int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")]
-    return max(sizes) / 1024
+        if b"--service-name" not in args:
+            continue  # BentoML's arbiter and helpers, not a service worker
+        name = args[args.index(b"--service-name") + 1].decode()
+        rss = [int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")]
+        sizes[f"{name}:{pid}"] = sum(rss) / 1024
+    return sizes
+
+
+def worker_rss_mb(server) -> float:
+    """What the service holds: the RSS of its processes together (embedding workers + the index service)."""
+    return sum(service_rss_mb(server).values())
 
 
 class Load:
@@ -117,7 +129,7 @@ class Load:
         self.added: dict[str, bytes] = {}  # uri → image of every acknowledged add
         self.removed: set[str] = set()
         self.rss_warm = None
-        self.rss_series: list[tuple[int, float]] = []  # (requests sent, worker RSS MB) after each swap
+        self.rss_series: list[tuple[int, float]] = []  # (requests sent, RSS MB of the service processes) after swaps
         self.done = asyncio.Event()
 
     def note(self, kind: str, code, started: float, text: str = "") -> None:
@@ -256,8 +268,9 @@ def table(doc: dict) -> str:
              f"acknowledged adds {doc['acknowledged_adds']}, removes {doc['acknowledged_removes']}: "
              f"lost adds {doc['lost_adds']}, removed items back {doc['removed_back']} "
              f"(checked on {', '.join(c['version'] for c in doc['checks'])})",
-             f"worker RSS {rss['after_warmup']:.0f} MB after warm-up → {rss['end']:.0f} MB at the end "
-             f"({rss['growth'] * 100:+.1f} %; the adds grow the data held); a fresh worker on the same data "
+             f"service RSS (embedding workers + index service) {rss['after_warmup']:.0f} MB after warm-up → "
+             f"{rss['end']:.0f} MB at the end ({rss['growth'] * 100:+.1f} %; the adds grow the data held); a fresh "
+             "server on the same data "
              f"{rss['fresh_same_data']:.0f} MB: the soaked one holds {rss['over_fresh'] * 100:+.1f} % more",
              "PASS" if all(doc["pass"].values()) else f"FAIL: {[k for k, v in doc['pass'].items() if not v]}"]
     return "\n".join(rows)

@@ -64,6 +64,11 @@ def read_uploads(uploads: list[Path]) -> list[bytes]:
     return [read_upload(p) for p in uploads]
 
 
+async def read_uploads_async(uploads: list[Path]) -> list[bytes]:
+    """:func:`read_uploads` off the event loop."""
+    return await to_thread.run_sync(read_uploads, uploads)
+
+
 def edge_uploads(ctx, field: str) -> list[bytes] | None:
     """The bytes the edge parsed for file ``field`` (:mod:`serving.multipart`: BentoML then wrote no temp file), or
     ``None`` when the request did not come through the edge's parse (read the ``Path`` uploads instead)."""

@@ -5,9 +5,8 @@ the item's URI (``serving.contract.sources.read_uri_bytes``: dataset items, uplo
 under a registered folder root). An id the index does not hold — unknown, removed, or from another version's index
 (ids are per version) — is a 404, and so is an indexed item whose image can no longer be read.
 
-Search by id re-embeds the item's stored image with the served encoder rather than reading the vector back from the
-index: ``index.durable.DurableIndex`` exposes no vectors, and for a Flat index the two are the same vector (the same
-bytes through the same image contract and encoder; a PQ index would return an approximation instead).
+Both run where the index is (the index service, :mod:`serving.served`): the metadata, the stored vector and the
+image bytes are read there; the thumbnail is rendered and cached by the embedding worker that got the request.
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ import hashlib
 import io
 import threading
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 
 import numpy as np
 from anyio import to_thread
@@ -42,11 +42,11 @@ def check_id(item_id: int) -> int:
     return item_id
 
 
-def metadata_of(rt, item_id: int) -> dict:
+def metadata_of(hd, item_id: int) -> dict:
     """The item's metadata in the served index (409 without an index, 404 for an id it does not hold)."""
-    meta = rt.require_index().metadata(check_id(item_id))
+    meta = hd.require_index().metadata(check_id(item_id))
     if meta is None:
-        raise NotFoundError(f"no item {item_id} in the index of version {rt.version}: unknown or removed id (ids "
+        raise NotFoundError(f"no item {item_id} in the index of version {hd.version}: unknown or removed id (ids "
                             "belong to one version's index; search again for current ids)")
     return meta
 
@@ -105,34 +105,35 @@ def etag(version: str, item_id: int, meta: dict) -> str:
     return hashlib.sha256(f"{version}|{item_id}|{meta.get('uri')}".encode()).hexdigest()[:20]
 
 
-def _render(item_id: int, meta: dict, collection) -> bytes:
-    data = read_image(item_id, meta, collection)
+def _render(item_id: int, data: bytes) -> bytes:
     try:
         return thumbnail_png(data)
     except ImageError as exc:
         raise NotFoundError(f"the image of item {item_id} cannot be decoded: {exc}") from None
 
 
-async def thumbnail(rt, item_id: int, collection) -> tuple[bytes, str]:
-    """``(png, etag)`` of an indexed item of the served version; decoding runs in the decode pool."""
-    meta = metadata_of(rt, item_id)
-    tag = etag(rt.version, item_id, meta)
-    png = CACHE.get(tag)
+async def thumbnail(item: dict, image: Callable[[int], Awaitable[bytes]]) -> bytes:
+    """The PNG of an indexed item (``item``: the index service's ``{"id", "etag", ...}``; ``image``: fetches its
+    encoded bytes from the index service, called only when the cache misses); decoding runs in the decode pool of
+    the embedding worker."""
+    png = CACHE.get(item["etag"])
     if png is None:
-        png = await to_thread.run_sync(_render, item_id, meta, collection, limiter=h.decoders())
-        CACHE.put(tag, png)
-    return png, tag
+        data = await image(item["id"])
+        png = await to_thread.run_sync(_render, item["id"], data, limiter=h.decoders())
+        CACHE.put(item["etag"], png)
+    return png
 
 
-async def neighbours(rt, item_id: int, k: int, collection) -> dict:
+async def neighbours(hd, item_id: int, k: int) -> dict:
     """``POST /search_by_id``: the ``k`` nearest items to item ``item_id`` (by the vector the served index holds for
-    it), best first, the item itself left out → ``{"version", "id", "metadata", "results": [...]}``."""
+    it), best first, the item itself left out → ``{"version", "id", "metadata", "results": [...]}``. ``hd``: the
+    index service's :class:`serving.holdings.Holdings`."""
     h.check_k(k)
-    meta = metadata_of(rt, item_id)
+    meta = metadata_of(hd, item_id)
     # the vector the index holds: no decoding, and it works for items whose image is not on this server (an index
     # built from embeddings files); unit rows again, as PQ indexes hold approximations
-    vec = await to_thread.run_sync(rt.index.vectors, [item_id])
+    vec = await to_thread.run_sync(hd.index.vectors, [item_id])
     vec = vec / np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-12)
-    hits = (await rt.search(vec, k + 1, "search_by_id"))[0]
-    return {"version": rt.version, "id": item_id, "metadata": meta,
+    hits = (await to_thread.run_sync(hd.search, vec, k + 1, "search_by_id"))[0]
+    return {"version": hd.version, "id": item_id, "metadata": meta,
             "results": h.hits_json([hit for hit in hits if int(hit.id) != item_id][:k])}

@@ -1,8 +1,17 @@
-"""The byol-embed HTTP API: one BentoML service over the loaded :class:`serving.runtime.Runtime`.
+"""The byol-embed HTTP API: the embedding service (:class:`ByolEmbed`), in front of the index service.
 
-Start: ``byol serve`` (or ``bentoml serve serving.service:ByolEmbed``; it binds 127.0.0.1 unless ``--host`` /
-``BENTOML_HOST`` says otherwise). Which bundle: ``$BYOL_MODEL_TAG``, else the promoted version in
-``$BYOL_HOME/release.json``, else the newest in the model store. Admin endpoints need
+Two BentoML services, composed with ``bentoml.depends`` (one ``bentoml serve serving.service:ByolEmbed`` or
+``byol serve`` starts both on one box; in a cluster each is a deployment scaled on its own):
+
+* :class:`ByolEmbed` — public, stateless: the edge (:mod:`serving.upload_guard`), decoding, the micro-batcher and
+  ONNX Runtime. ``BYOL_EMBED_WORKERS`` processes (default: one per GPU, else one per two CPUs:
+  :func:`serving.runtime.embed_workers`), each holding one version's encoder;
+* :class:`serving.index_service.ByolIndex` — one process: the index, the classifiers, the collection, the one write
+  path, versions, reload and swap.
+
+Vectors travel to the index with the version that made them and are refused there when it serves another one; the
+worker then follows (:mod:`serving.following`: the whole protocol). Which bundle: ``$BYOL_MODEL_TAG``, else the
+promoted version in ``$BYOL_HOME/release.json``, else the newest in the model store. Admin endpoints need
 ``Authorization: Bearer $BYOL_ADMIN_TOKEN``. Uploads are typed ``Path`` and decoded by ``serving.contract.image`` (a
 ``PIL.Image`` parameter would turn a non-image into a 500 in BentoML 1.4.39).
 
@@ -10,11 +19,11 @@ Every request first passes the edge (:mod:`serving.upload_guard`: body and part 
 admission with 503 + Retry-After, multipart parsed once and checked; large bodies off the event loop); the endpoints
 take the uploads' bytes from the edge's parse (:mod:`serving.multipart`: BentoML parses no body a second time and
 spools no upload to a temp file) and answer finished JSON (or ``.npy`` for ``Accept: application/x-npy`` on
-``/embed_batch``); limits are in :mod:`serving.limits`. Batching: every embedding goes through the loaded version's
+``/embed_batch``); limits are in :mod:`serving.limits`. Batching: every embedding goes through the worker's
 :class:`serving.batching.MicroBatcher` — ``MAX_BATCH_SIZE`` = 64 images per ONNX Runtime call, ``MAX_WAIT_MS`` =
-2 ms longest wait for company. Writes and reloads: :mod:`serving.served`. GET routes (``/info``, the ``/ui`` page,
-``/items/{id}/thumbnail``): :mod:`serving.web`; what the OpenAPI page at ``/`` says: :mod:`serving.openapi`; the
-project's ``byol_*`` metrics on ``/metrics``: :mod:`serving.metrics`.
+2 ms longest wait for company. GET routes (``/info``, the ``/ui`` page, ``/items/{id}/thumbnail``):
+:mod:`serving.web`; what the OpenAPI page at ``/`` says: :mod:`serving.openapi`; the project's ``byol_*`` metrics
+on ``/metrics`` (both services': BentoML gives them one multiprocess directory): :mod:`serving.metrics`.
 """
 
 from __future__ import annotations
@@ -25,28 +34,25 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import bentoml
-from anyio import to_thread
 from bentoml.exceptions import BentoMLException
 from pydantic import Field
 
-from index.collection import Collection
-from index.vector_index import set_omp_threads
-from serving import deadline, items, memory, metrics, multipart, openapi, paths, web
+from serving import deadline, memory, metrics, multipart, openapi, paths, web
 from serving import http_helpers as h
 from serving.contract.bundle import MODEL_NAME, BundleError
-from serving.errors import Conflict
-from serving.runtime import check_bundle, load_runtime, resolve_tag
-from serving.served import Served
+from serving.following import Follower, ask, follow_interval
+from serving.index_service import ByolIndex
+from serving.runtime import check_bundle, embed_workers, load_runtime, resolve_tag
 from serving.upload_guard import UploadGuard
 
 log = logging.getLogger("byol.service")
 
-# BentoML imports this module as its entry point, so the entry point configures explicitly, here and only here:
-# BENTOML_HOME under BYOL_HOME unless set (the model store is first read just below, by the class attribute), the
-# allocator's mmap threshold (serving.memory: memory a swap frees goes back to the OS), and
-# request deadlines that do not keep every request alive for the whole timeout (serving.deadline), and request
-# metrics labelled by route template, not by item id (serving.metrics), and multipart inputs built from the edge's
-# parse (serving.multipart).
+# BentoML imports this module as its entry point (in every process of both services), so the entry point
+# configures explicitly, here and only here: BENTOML_HOME under BYOL_HOME unless set (the model store is first read
+# just below, by the class attribute), the allocator's mmap threshold (serving.memory: memory a swap frees goes back
+# to the OS), and request deadlines that do not keep every request alive for the whole timeout (serving.deadline),
+# and request metrics labelled by route template, not by item id (serving.metrics), and multipart inputs built from
+# the edge's parse (serving.multipart).
 paths.use_store()
 memory.configure_allocator()
 deadline.install()
@@ -55,14 +61,16 @@ multipart.install()
 MODEL_TAG = resolve_tag()
 Image = Annotated[Path, Field(description="an image file (JPEG, PNG, GIF, BMP, TIFF, WebP, ...)")]
 K = Annotated[int, Field(description="how many neighbours (1-1000)")]
+WORKER_HEADER = "x-byol-worker"  # on /search and /index/add answers: which embedding worker answered
 
 
 @bentoml.asgi_app(web.app(web.load_ui()), path="/")  # GET /info, /ui, /items/{id}/thumbnail (serving.web)
 @bentoml.service(name="byol_embed", description=openapi.DESCRIPTION, service_class=openapi.DescribedService,
-                 workers=1, traffic={"timeout": 120}, http={"host": "127.0.0.1"})
+                 workers=embed_workers(), traffic={"timeout": 120}, http={"host": "127.0.0.1"})
 class ByolEmbed:
     # The model reference is a class attribute so `bentoml build` packs the bundle into the Bento.
     bundle = bentoml.models.BentoModel(MODEL_TAG if ":" in MODEL_TAG else f"{MODEL_NAME}:{MODEL_TAG}")
+    index = bentoml.depends(ByolIndex)
 
     @bentoml.on_deployment
     def check() -> None:
@@ -70,27 +78,35 @@ class ByolEmbed:
         line (``Error: [serve] `serve` failed: bundle ...``) instead of workers failing and restarting."""
         try:
             check_bundle(MODEL_TAG)
-        except BundleError as exc:  # BentoML's CLI prints a BentoMLException as one line, anything else as a trace
+            follow_interval()
+        except (BundleError, ValueError) as exc:  # BentoML's CLI prints a BentoMLException as one line
             raise BentoMLException(str(exc)) from None
 
     def __init__(self) -> None:
-        # One FAISS thread per search: requests search concurrently, and OpenMP threads fighting over a busy CPU
-        # made a single query up to ~30x slower (bench/index_search.py, index.vector_index.set_omp_threads).
-        set_omp_threads(int(os.environ.get("BYOL_FAISS_THREADS", "1")))
-        self.served = Served(load_runtime(MODEL_TAG), Collection(paths.collection_dir()))
+        # which worker answered: BentoML's worker number (1..BYOL_EMBED_WORKERS), sent as x-byol-worker
+        self.worker = str(bentoml.server_context.worker_index or os.getpid())
+        self.follower = Follower(load_runtime(MODEL_TAG), self.index, self.worker, follow_interval())
         self.admin_token = h.env_token()
-        metrics.report(self.runtime)
+
+    @property
+    def headers(self) -> dict:
+        return {WORKER_HEADER: self.worker}
+
+    @bentoml.on_startup
+    async def start_following(self) -> None:
+        self.follower.start()
+
+    @bentoml.on_shutdown
+    async def stop_following(self) -> None:
+        await self.follower.stop()
 
     @property
     def runtime(self):
-        return self.served.runtime
+        return self.follower.runtime
 
     def __is_ready__(self) -> bool:
-        return self.served.runtime is not None
-
-    async def _report(self) -> None:
-        """The served version and its index size for ``/metrics`` (in a thread: the size waits for index writes)."""
-        await to_thread.run_sync(metrics.report, self.runtime)
+        """Ready once the index service has told this worker which version it serves (and counts it alive)."""
+        return self.follower.polled
 
     @bentoml.api(route="/embed")
     async def embed(self, image: Image, ctx: bentoml.Context = None) -> dict:
@@ -109,46 +125,47 @@ class ByolEmbed:
         x, _ = await h.decode_async(images, rt.input_size, ctx, "images")
         return await h.embeddings_response(await rt.embed(x), rt.version, ctx)
 
+    async def _pixels(self, images: list[Path], ctx, field: str):
+        """The request's images at any input size, decoded once per size (a reload may change the size)."""
+        datas = h.edge_uploads(ctx, field)
+        if datas is None:
+            datas = await h.read_uploads_async(images)
+        return datas, lambda size: h.pixels_async(datas, size)
+
     @bentoml.api(route="/search")
     async def search(self, image: Image, k: K = 10, ctx: bentoml.Context = None) -> dict:
         """Nearest neighbours → ``{"version", "results": [{"id", "score", "metadata"}]}``, best first."""
-        rt = self.runtime
         h.check_k(k)
-        rt.require_index()
-        x, _ = await h.decode_async([image], rt.input_size, ctx, "image")
-        hits = await rt.search(await rt.embed(x), k, "search")
-        return h.json_response({"version": rt.version, "results": h.hits_json(hits[0])})
+        self.follower.check("index")
+        _, pixels = await self._pixels([image], ctx, "image")
+        out = await self.follower.call(pixels, "search", k=k, endpoint="search")
+        return h.json_response({"version": out["version"], "results": out["results"][0]}, self.headers)
 
     @bentoml.api(route="/search_batch")
     async def search_batch(self, images: list[Image], k: K = 10, ctx: bentoml.Context = None) -> dict:
         """Neighbours of each image → ``{"version", "results": [[{"id", "score", "metadata"}], ...]}`` in upload
         order, best first (limits as ``/embed_batch``)."""
-        rt = self.runtime
         h.check_k(k)
-        rt.require_index()
-        x, _ = await h.decode_async(images, rt.input_size, ctx, "images")
-        hits = await rt.search(await rt.embed(x), k, "search_batch")
-        return h.json_response({"version": rt.version, "results": [h.hits_json(row) for row in hits]})
+        self.follower.check("index")
+        _, pixels = await self._pixels(images, ctx, "images")
+        out = await self.follower.call(pixels, "search", k=k, endpoint="search_batch")
+        return h.json_response(out)
 
     @bentoml.api(route="/search_by_id")
     async def search_by_id(self, id: Annotated[int, Field(description="an item id of the served index")],
                            k: K = 10) -> dict:
         """Neighbours of an indexed item, itself left out → ``{"version", "id", "metadata", "results": [{"id",
         "score", "metadata"}]}``, best first; 404 for an id the served index does not hold."""
-        return await items.neighbours(self.runtime, id, k, self.served.collection)
+        h.check_k(k)
+        return h.json_response(await ask(self.index.to_async.neighbours(item_id=id, k=k)))
 
     @bentoml.api(route="/classify")
     async def classify(self, image: Image, method: Literal["probe", "knn"] = "probe",
                        ctx: bentoml.Context = None) -> dict:
         """Class of an image → ``{"version", "method", "label", "probabilities": {class: p}}``."""
-        rt = self.runtime
-        clf, why = rt.classifier(method)
-        if clf is None:
-            raise Conflict(why)
-        x, _ = await h.decode_async([image], rt.input_size, ctx, "image")
-        vec = await rt.embed(x)
-        proba = await to_thread.run_sync(clf.predict_proba, vec)
-        return h.json_response({"version": rt.version, "method": method, **h.proba_json(clf.classes, proba[0])})
+        self.follower.check(method)
+        _, pixels = await self._pixels([image], ctx, "image")
+        return h.json_response(await self.follower.call(pixels, "classify", method=method))
 
     @bentoml.api(route="/index/add")
     async def index_add(self, images: list[Image], labels: list[str] | None = None,
@@ -160,11 +177,12 @@ class ByolEmbed:
         has one entry per image.
         """
         h.check_token(ctx.request.headers, self.admin_token)
-        datas = h.edge_uploads(ctx, "images") or await to_thread.run_sync(h.read_uploads, images)
+        datas, pixels = await self._pixels(images, ctx, "images")
         h.check_labels(labels, len(datas))
-        version, ids = await self.served.add(lambda size: h.pixels_async(datas, size), datas, labels)
-        await self._report()
-        return {"version": version, "ids": ids}
+        self.follower.check("index")
+        out = await self.follower.call(pixels, "add", datas=datas, labels=labels)
+        ctx.response.headers.update(self.headers)
+        return {"version": out["version"], "ids": out["ids"]}
 
     @bentoml.api(route="/index/remove")
     async def index_remove(self, ids: list[int] | None = None, version: str = "", uris: list[str] | None = None,
@@ -173,20 +191,20 @@ class ByolEmbed:
         ``version`` they came from (409 when the server serves another version now), or by ``uris``."""
         h.check_token(ctx.request.headers, self.admin_token)
         h.check_removal(ids or [], uris or [], version)
-        served, removed = await self.served.remove(ids or [], uris or [], version)
-        await self._report()
-        return {"version": served, "removed": int(removed)}
+        return await ask(self.index.to_async.remove(ids=ids or [], uris=uris or [], version=version))
 
     @bentoml.api(route="/admin/reload")
     async def reload(self, version: str = "", ctx: bentoml.Context = None) -> dict:
-        """(token) Load a version (default: the promoted one, else the newest) beside the served one, then swap.
+        """(token) Load a version (default: the promoted one, else the newest) beside the served one, then swap
+        the index and every embedding worker to it; answers once every worker has followed.
 
-        Requests in flight finish on the version they started with. → ``{"version", "previous"}``.
+        Requests in flight finish on the version they started with (or are embedded again with the new one when
+        they reach the index after the swap). → ``{"version", "previous", "workers", "followed"}``.
         """
         h.check_token(ctx.request.headers, self.admin_token)
-        swapped = await self.served.reload(version)
-        await self._report()
-        return swapped
+        swapped = await ask(self.index.to_async.reload(version=version))
+        await self.follower.follow(swapped["version"])
+        return {**swapped, **await self.follower.wait_followed(swapped["version"])}
 
 
 ByolEmbed.add_asgi_middleware(UploadGuard)

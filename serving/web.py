@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import bentoml
-from anyio import to_thread
 from bentoml.exceptions import BentoMLException
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -25,6 +24,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from serving import items
+from serving.following import ask
 from serving.upload_guard import ADMISSION
 
 log = logging.getLogger(__name__)
@@ -63,20 +63,33 @@ def _service():
 
 
 async def info(request: Request) -> JSONResponse:
-    """``GET /info``: the loaded triple (version, index, classifiers, batching) and the edge's admission counters."""
-    info = await to_thread.run_sync(_service().runtime.info)  # the index size waits for a write in progress
-    return JSONResponse({**info, "admission": ADMISSION.stats()})
+    """``GET /info``: what is served — this worker's encoder and batching, the index service's index, classifiers
+    and live workers — and this worker's admission counters."""
+    svc = _service()
+    try:
+        held = await ask(svc.index.to_async.info())
+    except BentoMLException as exc:
+        return error(int(exc.error_code), exc.message)
+    encoder = svc.runtime.info()
+    return JSONResponse({**encoder, **held, "version": encoder["version"], "index_version": held["version"],
+                         "worker": svc.worker, "admission": ADMISSION.stats()})
 
 
 async def thumbnail(request: Request) -> Response:
     """``GET /items/{id}/thumbnail`` → ``image/png``; 400 for an id that is not an integer, 404 for one the served
     index does not hold, 409 when the served version has no index. Revalidated by ETag (version, id, image)."""
     svc = _service()
+
+    async def image(item_id: int) -> bytes:
+        return (await ask(svc.index.to_async.image(item_id=item_id)))["data"]
+
     try:
         item_id = items.parse_id(request.path_params["item_id"])
-        png, tag = await items.thumbnail(svc.runtime, item_id, svc.served.collection)
+        item = await ask(svc.index.to_async.item(item_id=item_id))
+        png = await items.thumbnail(item, image)
     except BentoMLException as exc:
         return error(int(exc.error_code), exc.message)
+    tag = item["etag"]
     headers = {"ETag": f'"{tag}"', "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
     if f'"{tag}"' in request.headers.get("if-none-match", ""):
         return Response(status_code=304, headers=headers)

@@ -137,9 +137,12 @@ def test_the_bento_packs_the_service_and_the_encoder_and_nothing_of_training(ben
     assert {str(p.relative_to(REPO)) for p in ui.rglob("*") if p.is_file() and "__pycache__" not in p.parts} <= src
     assert not {p for p in src if p.startswith(("training/", "tests/", "clients/", "bench/"))}
     info = yaml.safe_load((root / "bento.yaml").read_text())
-    (svc,) = info["services"]
-    assert [m["tag"] for m in svc["models"]] == [registered_bundle]
+    services = {svc["name"]: svc for svc in info["services"]}
+    assert set(services) == {"byol_embed", "byol_index"}  # both services of the split travel in one Bento
+    svc, index = services["byol_embed"], services["byol_index"]
+    assert [m["tag"] for m in svc["models"]] == [registered_bundle] and not index.get("models")
     assert svc["config"]["http"]["host"] == "127.0.0.1"
+    assert index["config"]["workers"] == 1  # the one index owner
     requirements = (root / "env" / "python" / "requirements.txt").read_text()
     assert "onnxruntime>=" in requirements and "faiss-cpu" in requirements and "torch" not in requirements
 

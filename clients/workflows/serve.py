@@ -1,7 +1,7 @@
 """``byol serve``: check the bundle, then become ``bentoml serve serving.service:ByolEmbed`` (foreground).
 
 The process execs BentoML rather than wrapping it, so SIGTERM / SIGINT reach BentoML's own handler directly and the
-server shuts down cleanly with its worker. The bundle is checked first so a missing or corrupt one ends with one
+server shuts down cleanly with its processes (the embedding workers and the index service). The bundle is checked first so a missing or corrupt one ends with one
 line (``byol serve: error: ...``) instead of a BentoML traceback.
 """
 
@@ -26,8 +26,9 @@ class ServeConfig:
 
 def serve(cfg: ServeConfig) -> int:
     """Check what would be served, then exec BentoML (does not return unless the exec fails)."""
+    from serving.following import follow_interval
     from serving.paths import use_store
-    from serving.runtime import check_bundle, resolve_tag
+    from serving.runtime import check_bundle, embed_workers, ort_threads, resolve_tag
 
     if not 0 < cfg.port < 65536:
         raise ValueError(f"--port must be 1-65535, got {cfg.port}")
@@ -37,10 +38,12 @@ def serve(cfg: ServeConfig) -> int:
     if cfg.token:
         os.environ["BYOL_ADMIN_TOKEN"] = cfg.token
     version = check_bundle(resolve_tag())
+    workers, _, _ = embed_workers(), ort_threads(), follow_interval()  # a malformed setting: one line, here
     if not os.environ.get("BYOL_ADMIN_TOKEN"):
         log.warning("byol serve: no admin token (--token / BYOL_ADMIN_TOKEN): /index/add, /index/remove and "
                     "/admin/reload are disabled")
-    log.info("byol serve: serving %s on http://%s:%d", version, cfg.host, cfg.port)
+    log.info("byol serve: serving %s on http://%s:%d (%d embedding worker(s) + the index service)", version,
+             cfg.host, cfg.port, workers)
     cmd = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", cfg.host, "--port", str(cfg.port)]
     sys.stdout.flush()
     sys.stderr.flush()

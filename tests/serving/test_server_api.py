@@ -260,7 +260,10 @@ def test_reload_to_another_version_swaps_encoder_index_and_probe_together(api, i
         during = pool.map(embed_version, range(40))
         r = api["http"].post("/admin/reload", headers=AUTH, json={"version": manifest["version"]})
         during = list(during)
-    assert r.status_code == 200 and r.json() == {"version": manifest["version"], "previous": api["version"]}
+    assert r.status_code == 200, r.text
+    swapped = r.json()
+    assert (swapped["version"], swapped["previous"]) == (manifest["version"], api["version"])
+    assert swapped["followed"] == swapped["workers"] >= 1  # every embedding worker serves the new version
     assert all(code == 200 and v in (api["version"], manifest["version"]) for code, v in during)
     try:
         assert api["http"].post("/embed", files={"image": ("x.png", images[0])}).json()["version"] == \
