@@ -16,7 +16,17 @@ BYOL_MAX_REQUEST_PIXELS    67108864 (64 Mpx)             pixels decoded for one 
 BYOL_MAX_INFLIGHT          64                            requests admitted at once (more → 503 + Retry-After)
 BYOL_DECODE_THREADS        number of CPUs                threads decoding images / parsing bodies
 BYOL_MAX_REMOVE            10000                         ids or uris per /index/remove (→ 413)
+BYOL_MAX_RESULTS           65536                         queries x k of one /search_batch (→ 413)
+BYOL_MAX_READING           256                           requests whose bodies are being read at once (→ 503)
+BYOL_BODY_TIMEOUT_S        30                            a body not fully arrived after this long (→ 408)
+BYOL_DECODE_MEMORY_BYTES   1073741824 (1 GiB)            decode memory shared by all requests of a worker
+                                                         (decoded mode x pixels, conversion copies included)
+BYOL_DECODE_WAIT_MS        2000                          longest a request waits for decode memory (→ 503)
 =========================  ============================  =====================================================
+
+In-flight slots (``BYOL_MAX_INFLIGHT``) are taken once a body is in; bodies still arriving hold a reading slot
+(``BYOL_MAX_READING``) instead, bounded in number and in time, so clients that trickle their bodies cannot take the
+slots real requests need.
 """
 
 from __future__ import annotations
@@ -28,6 +38,8 @@ ENV = {
     "max_body": "BYOL_MAX_BODY_BYTES", "max_json_body": "BYOL_MAX_JSON_BYTES", "max_parts": "BYOL_MAX_PARTS",
     "max_images": "BYOL_MAX_IMAGES", "max_request_pixels": "BYOL_MAX_REQUEST_PIXELS",
     "max_inflight": "BYOL_MAX_INFLIGHT", "decode_threads": "BYOL_DECODE_THREADS", "max_remove": "BYOL_MAX_REMOVE",
+    "max_results": "BYOL_MAX_RESULTS", "max_reading": "BYOL_MAX_READING", "body_timeout_s": "BYOL_BODY_TIMEOUT_S",
+    "decode_memory": "BYOL_DECODE_MEMORY_BYTES", "decode_wait_ms": "BYOL_DECODE_WAIT_MS",
 }
 
 
@@ -41,6 +53,11 @@ class Limits:
     max_inflight: int = 64
     decode_threads: int = 0  # 0: one per CPU
     max_remove: int = 10_000
+    max_results: int = 65_536  # 256 queries x k 256, or 65 x 1000
+    max_reading: int = 256
+    body_timeout_s: int = 30
+    decode_memory: int = 2**30
+    decode_wait_ms: int = 2000
     max_field_bytes: int = 256 * 2**10  # one text field of a multipart body (Starlette's own cap, 1 MiB, is a 500)
     max_part_header_bytes: int = 8 * 2**10  # the headers of one multipart part
     max_boundary: int = 200  # RFC 2046 says 70
