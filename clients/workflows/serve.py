@@ -1,8 +1,8 @@
 """``byol serve``: check the bundle, then become ``bentoml serve serving.service:ByolEmbed`` (foreground).
 
 The process execs BentoML rather than wrapping it, so SIGTERM / SIGINT reach BentoML's own handler directly and the
-server shuts down cleanly with its processes (the embedding workers and the index service). The bundle is checked first so a missing or corrupt one ends with one
-line (``byol serve: error: ...``) instead of a BentoML traceback.
+server shuts down cleanly with its processes (the embedding workers and the index service). The bundle is checked
+first so a missing or corrupt one ends with one line (``byol serve: error: ...``) instead of a BentoML traceback.
 """
 
 from __future__ import annotations
