@@ -44,7 +44,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 RESULTS = REPO / "bench" / "results" / "soak.json"
-TOKEN = "soak-token"
+TOKEN = "soak-token-of-16-chars"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 MIX = {"embed": 0.4, "search": 0.3, "add": 0.2, "remove": 0.1}
 log = logging.getLogger("bench.soak")

@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 ITEMS_FILE = "items.jsonl"
 BLOBS_DIR = "blobs"
 BLOB_PREFIX = "sha256:"
+DIGEST = re.compile(r"[0-9a-f]{64}")
 FOLDER_PREFIX = "folder:"
 ROOTS_FILE = "roots.json"
 
@@ -116,6 +118,10 @@ class Collection:
 
     # ------------------------------------------------------------------------------------------ bytes
     def blob_path(self, digest: str) -> Path:
+        """Where the bytes of hash ``digest`` live; anything but 64 lowercase hex digits is refused before it can
+        become a path (a crafted ``sha256:../..`` in an index or collection file must not read outside the store)."""
+        if not DIGEST.fullmatch(digest):
+            raise CollectionError(f"{BLOB_PREFIX}{digest[:80]!r}: not a sha256 URI (64 lowercase hex digits)")
         return self.root / BLOBS_DIR / digest[:2] / digest
 
     def store_bytes(self, data: bytes) -> str:
@@ -133,9 +139,8 @@ class Collection:
 
         Errors name the URI, never the server path behind it (they may reach an HTTP answer)."""
         if uri.startswith(BLOB_PREFIX):
-            digest = uri[len(BLOB_PREFIX):]
-            path = self.blob_path(digest)
-            if len(digest) != 64 or not path.is_file():
+            path = self.blob_path(uri[len(BLOB_PREFIX):])
+            if not path.is_file():
                 raise CollectionError(f"{uri}: no stored image with that hash in the collection")
             return path.read_bytes()
         path = self.path_of(uri)
@@ -156,7 +161,10 @@ class Collection:
             parts = PurePosixPath(rel).parts
             if not parts or rel.startswith("/") or ".." in parts:
                 raise CollectionError(f"{uri}: not a path inside folder root {name!r}")
-            return roots[name].joinpath(*parts)
+            path = roots[name].joinpath(*parts)
+            if not path.resolve().is_relative_to(roots[name].resolve()):  # a link that leads out of the root
+                raise CollectionError(f"{uri}: not a path inside folder root {name!r}")
+            return path
         path = Path(uri[len("file://"):] if uri.startswith("file://") else uri)
         if not path.is_absolute():
             raise CollectionError(f"cannot resolve URI {uri!r} (expected sha256:, folder:, a dataset item, file:// "

@@ -8,9 +8,24 @@ the message, so every failure a caller can act on is a 4xx.
 
 from __future__ import annotations
 
+import logging
+import re
 from http import HTTPStatus
 
 from bentoml.exceptions import BentoMLException, InvalidArgument
+
+log = logging.getLogger(__name__)
+# an absolute path: "/" + at least two segments, not inside a URI ("sha256:…", "folder:root/…", "http://…")
+SERVER_PATH = re.compile(r"(?<![\w:/.~-])/(?:[\w.@+~-]+/)+[\w.@+~-]*")
+
+
+def public(message: str) -> str:
+    """``message`` fit for an HTTP answer: server paths replaced by ``<server path>``. The whole message goes to the
+    log (BentoML's log lines carry the request's trace id), so an operator still finds which file it was."""
+    scrubbed = SERVER_PATH.sub("<server path>", message)
+    if scrubbed != message:
+        log.warning("answered without its server paths: %s", message)
+    return scrubbed
 
 
 class BadRequest(InvalidArgument):

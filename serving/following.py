@@ -33,7 +33,7 @@ import numpy as np
 from anyio import to_thread
 from bentoml.exceptions import BentoMLException
 
-from serving.errors import BadRequest, Conflict, Forbidden, NotFoundError, TooLarge, Unauthorized, Unavailable
+from serving.errors import BadRequest, Conflict, Forbidden, NotFoundError, TooLarge, Unauthorized, Unavailable, public
 from serving.runtime import Runtime, load_runtime
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ async def ask(call: Awaitable):
         status = int(getattr(exc, "error_code", 500))
         kind = _STATUS.get(status)
         if kind is not None:
-            raise kind(message(exc)) from None
+            raise kind(public(message(exc))) from None
         if status == 503:
             raise Unavailable(message(exc)) from None
         log.error("the index service failed (HTTP %s): %s", status, message(exc))
@@ -117,8 +117,8 @@ class Follower:
                     new = await to_thread.run_sync(load_runtime, version)
                 except ValueError as exc:  # BundleError: the index serves a version this worker cannot load
                     log.error("cannot follow the index service to %s: %s", version, exc)
-                    raise Unavailable(f"this worker cannot load version {version} served by the index: {exc}"
-                                      ) from None
+                    raise Unavailable(public(f"this worker cannot load version {version} served by the index: "
+                                             f"{exc}")) from None
                 old, self.runtime = self.runtime, new
                 old.close()
                 log.info("worker %s now embeds with %s (was %s)", self.worker, new.version, old.version)

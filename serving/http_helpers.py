@@ -11,13 +11,13 @@ from __future__ import annotations
 import hmac
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 from anyio import CapacityLimiter, to_thread
 
-from serving.contract.image import ImageError, load_opened, open_image
+from serving import decode_memory
+from serving.contract.image import ImageError, decode_cost, load_opened, open_image
 from serving.errors import BadRequest, Forbidden, TooLarge, Unauthorized
 from serving.limits import Limits
 from serving.multipart import SCOPE_KEY
@@ -86,35 +86,64 @@ def _named(i: int, n: int, exc: ImageError) -> str:
 
 def opened(datas: list[bytes]) -> tuple[list, int]:
     """Every upload identified and size-checked from its header (no pixel decoded) → the opened images and their
-    pixels together; the request is refused (413) when they would decode more than ``BYOL_MAX_REQUEST_PIXELS``."""
+    pixels together; the request is refused (413) when they would decode more than ``BYOL_MAX_REQUEST_PIXELS``
+    (checked as each opens: an icon decodes its frame while opening)."""
     images, total = [], 0
     for i, data in enumerate(datas):
         try:
             images.append(open_image(data))
         except ImageError as exc:
+            _close(images)
             raise BadRequest(_named(i, len(datas), exc)) from None
         total += images[-1].size[0] * images[-1].size[1]
-    if total > LIMITS.max_request_pixels:
-        raise TooLarge(f"request pixel budget exceeded: the images hold {total} pixels together (limit "
-                       f"{LIMITS.max_request_pixels}, BYOL_MAX_REQUEST_PIXELS); send fewer or smaller images")
+        if total > LIMITS.max_request_pixels:
+            _close(images)
+            raise TooLarge(f"request pixel budget exceeded: the images hold {total} pixels together (limit "
+                           f"{LIMITS.max_request_pixels}, BYOL_MAX_REQUEST_PIXELS); send fewer or smaller images")
     return images, total
 
 
+def _close(images: list) -> None:
+    for img in images:
+        img.close()
+
+
+def decode_bytes(images: list, size: int) -> int:
+    """Bytes the request's decode holds at its peak: the images decode one after another and each is freed before
+    the next (:func:`decode_opened`), so the largest one's :func:`~serving.contract.image.decode_cost`, plus what
+    is held from the start (icons decoded while opening) and the output array."""
+    held = sum(4 * img.size[0] * img.size[1] for img in images if img.format in ("ICO", "CUR"))
+    return max((decode_cost(img, size) for img in images), default=0) + held + len(images) * size * size * 3
+
+
 def decode_opened(images: list, size: int) -> np.ndarray:
-    """:func:`opened` images → ``uint8 [N, size, size, 3]`` (the image contract's ``load``)."""
+    """:func:`opened` images → ``uint8 [N, size, size, 3]`` (the image contract's ``load``), each image's pixels
+    freed as soon as it is done (:func:`decode_bytes` counts one image at a time)."""
     out = np.empty((len(images), size, size, 3), dtype=np.uint8)
-    for i, img in enumerate(images):
-        try:
-            out[i] = load_opened(img, size)
-        except ImageError as exc:
-            raise BadRequest(_named(i, len(images), exc)) from None
+    try:
+        for i, img in enumerate(images):
+            try:
+                out[i] = load_opened(img, size)
+            except ImageError as exc:
+                raise BadRequest(_named(i, len(images), exc)) from None
+            finally:
+                img.close()
+    finally:
+        _close(images)
     return out
 
 
 def pixels(datas: list[bytes], size: int) -> np.ndarray:
     """Upload bytes → ``uint8 [N, size, size, 3]``: sizes from the headers and the request's pixel budget first
-    (:func:`opened`), then the pixels."""
-    return decode_opened(opened(datas)[0], size)
+    (:func:`opened`), then the decode memory (:func:`decode_bytes`, held in this thread: a wait of at most
+    ``BYOL_DECODE_WAIT_MS`` here, 413/503 as in the server), then the pixels. For callers outside the event loop."""
+    images, _ = opened(datas)
+    try:
+        nbytes = decode_bytes(images, size)
+        with decode_memory.shared(LIMITS).hold(nbytes):
+            return decode_opened(images, size)
+    finally:
+        _close(images)
 
 
 def decode_uploads(uploads: list[Path], size: int) -> tuple[np.ndarray, list[bytes]]:
@@ -125,10 +154,10 @@ def decode_uploads(uploads: list[Path], size: int) -> tuple[np.ndarray, list[byt
 
 async def decode_async(uploads: list[Path], size: int, ctx=None, field: str = "") -> tuple[np.ndarray, list[bytes]]:
     """The request's images → ``uint8 [N, size, size, 3]`` and their bytes: the edge's parse when there is one
-    (:func:`edge_uploads`), else the ``Path`` uploads read in the decode pool."""
+    (:func:`edge_uploads`), else the ``Path`` uploads read off the loop; decoded by :func:`pixels_async`."""
     datas = edge_uploads(ctx, field) if field else None
     if datas is None:
-        return await to_thread.run_sync(decode_uploads, uploads, size, limiter=decoders())
+        datas = await read_uploads_async(uploads)
     return await pixels_async(datas, size), datas
 
 
@@ -138,15 +167,46 @@ def _headers_cheap(datas: list[bytes]) -> bool:
         d[:8] == b"\x89PNG\r\n\x1a\n" or d[:3] == b"\xff\xd8\xff" for d in datas)
 
 
+def _open_and_try(datas: list[bytes], size: int) -> tuple[list, int, np.ndarray | None]:
+    """In a decode thread: open the images and, when the decode memory is free right now, decode them at once (no
+    second hop) → ``(images, bytes, pixels or None)``."""
+    images, _ = opened(datas)
+    try:
+        nbytes = decode_bytes(images, size)
+        budget = decode_memory.shared(LIMITS)
+        if not budget.try_take(nbytes):
+            return images, nbytes, None
+    except BaseException:
+        _close(images)
+        raise
+    try:
+        return images, nbytes, decode_opened(images, size)
+    finally:
+        budget.give(nbytes)
+
+
 async def pixels_async(datas: list[bytes], size: int) -> np.ndarray:
-    """:func:`pixels`, on the event loop when the images are tiny (:data:`INLINE_PIXELS`), else in the decode
-    pool — never a large decode on the loop."""
-    if not _headers_cheap(datas):
-        return await to_thread.run_sync(pixels, datas, size, limiter=decoders())
-    images, total = opened(datas)
-    if total <= INLINE_PIXELS:
-        return decode_opened(images, size)
-    return await to_thread.run_sync(decode_opened, images, size, limiter=decoders())
+    """:func:`pixels` on the server: the request's decode memory (:func:`decode_bytes`) reserved from the worker's
+    budget (:mod:`serving.decode_memory`) before any pixel is decoded — 413 when it is over the whole budget, 503
+    after waiting ``BYOL_DECODE_WAIT_MS`` for it — and given back when the pixels are done. Tiny images
+    (:data:`INLINE_PIXELS`) decode on the event loop, everything else in the decode pool."""
+    cheap = _headers_cheap(datas)
+    if cheap:
+        images, total = opened(datas)
+        out = None
+    else:
+        images, nbytes, out = await to_thread.run_sync(_open_and_try, datas, size, limiter=decoders())
+    try:
+        if out is not None:
+            return out
+        if cheap:
+            if total <= INLINE_PIXELS:  # on the loop, one request at a time: at most INLINE_PIXELS x 16 bytes
+                return decode_opened(images, size)  # (64 KiB) beside the budget, which bounds the pool's decodes
+            nbytes = decode_bytes(images, size)
+        async with decode_memory.shared(LIMITS).reserve(nbytes):
+            return await to_thread.run_sync(decode_opened, images, size, limiter=decoders())
+    finally:
+        _close(images)
 
 
 def json_bytes(obj: dict) -> bytes:
@@ -243,6 +303,3 @@ def proba_json(classes, proba: np.ndarray) -> dict:
     return {"label": str(classes[best]),
             "probabilities": {str(c): float(p) for c, p in zip(classes, proba, strict=True)}}
 
-
-def env_token() -> str | None:
-    return os.environ.get("BYOL_ADMIN_TOKEN") or None

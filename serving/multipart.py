@@ -68,75 +68,10 @@ def boundary_of(content_type: bytes, limits: Limits) -> bytes:
 
 
 def parse(body: bytes, boundary: bytes, limits: Limits) -> list[Part]:
-    """Split a multipart body into parts, enforcing the part count and the header and text-field sizes: a plainly
-    well-formed body by :func:`split_plain`, any other by python-multipart's strict parser (its errors named)."""
-    parts = split_plain(body, boundary, limits)
-    return parts if parts is not None else parse_strict(body, boundary, limits)
-
-
-PLAIN_HEADER = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # python-multipart's header-name characters
-PLAIN_MAX_HEADERS, PLAIN_MAX_HEADER_LINE = 8, 4096  # python-multipart's own per-part limits (8, 4224)
-PLAIN_DISPOSITION = re.compile(rb'form-data; name="([^"\\;]+)"(?:; filename="([^"\\;]*)")?')
-
-
-def split_plain(body: bytes, boundary: bytes, limits: Limits) -> list[Part] | None:
-    """The parts of a body as clients write it — delimiters on their own lines, one closing delimiter at the end,
-    short ``Name: value`` headers, a form-data disposition with a name, every bound kept — found by ``bytes.split``
-    in C (~10 us a part less than the strict parser's callbacks); ``None`` for anything else, which the strict
-    parser then reads and refuses with its own message. Where this answers, it gives what the strict parser
-    gives (tests/serving/test_multipart.py compares them)."""
-    delim = b"--" + boundary
-    first, closing = delim + b"\r\n", b"\r\n" + delim + b"--"
-    end = body.rfind(closing)
-    if not body.startswith(first) or end < len(first) or body[end + len(closing):] not in (b"", b"\r\n"):
-        return None
-    inner = body[len(first):end]
-    separator = b"\r\n" + delim + b"\r\n"
-    if inner.count(b"\r\n" + delim) != inner.count(separator):  # a delimiter not followed by CRLF: strict parser
-        return None
-    chunks = inner.split(separator)
-    if len(chunks) > limits.max_parts:
-        return None
-    parts = []
-    for chunk in chunks:
-        head, sep, data = chunk.partition(b"\r\n\r\n")
-        part = _plain_part(head, data, limits) if sep and head else None
-        if part is None:
-            return None
-        parts.append(part)
-    return parts
-
-
-def _plain_part(head: bytes, data: bytes, limits: Limits) -> Part | None:
-    lines = head.split(b"\r\n")
-    if len(head) > limits.max_part_header_bytes or len(lines) > PLAIN_MAX_HEADERS:
-        return None
-    seen: dict[bytes, bytes] = {}
-    for line in lines:
-        key, colon, value = line.partition(b":")
-        if not colon or len(line) > PLAIN_MAX_HEADER_LINE or not PLAIN_HEADER.fullmatch(key) or b"\r" in value:
-            return None
-        key = key.lower()
-        if key in seen:
-            return None
-        seen[key] = value.lstrip(b" ")
-    disposition = seen.get(b"content-disposition", b"")
-    m = PLAIN_DISPOSITION.fullmatch(disposition)  # what clients write; parse_options_header reads it the same way
-    if m:
-        name, filename = m[1], m[2]
-    else:
-        kind, options = parse_options_header(disposition)
-        if kind != b"form-data" or not options.get(b"name"):
-            return None
-        name, filename = options[b"name"], options.get(b"filename")
-    if filename is None and len(data) > limits.max_field_bytes:
-        return None
-    return Part(name.decode("utf-8", errors="replace"),
-                None if filename is None else filename.decode("utf-8", errors="replace"), data, len(head))
-
-
-def parse_strict(body: bytes, boundary: bytes, limits: Limits) -> list[Part]:
-    """python-multipart's parser with our bounds and messages (what :func:`parse` falls back to)."""
+    """Split a multipart body into parts with python-multipart's parser, enforcing the part count and the header and
+    text-field sizes; a malformed body is a :class:`BodyError` naming the problem. (A hand-written splitter once sat
+    beside it to save ~10 us a part on small bodies; on a 64-image 224-px body it took 14 ms where this takes 2.3:
+    the library alone now.)"""
     parts: list[Part] = []
     head: dict[bytes, bytes] = {}
     name, value = bytearray(), bytearray()

@@ -32,7 +32,7 @@ from index.errors import IndexStoreError
 from serving import http_helpers as h
 from serving import items, memory
 from serving.contract.bundle import BundleError
-from serving.errors import BadRequest, Conflict, NotFoundError, Unavailable
+from serving.errors import BadRequest, Conflict, NotFoundError, Unavailable, public
 from serving.holdings import Holdings, load_holdings
 from serving.release import ReleaseError, served_tag
 from serving.runtime import embed_items, load_encoder
@@ -49,7 +49,7 @@ async def _write(fn, *args):
         log.error("index write failed: %s", exc)
         raise Unavailable(f"storage failure ({exc.strerror or exc}); nothing was written, retry later") from None
     except IndexStoreError as exc:
-        raise Conflict(str(exc)) from None
+        raise Conflict(public(str(exc))) from None
 
 
 def stale(served: str) -> dict:
@@ -92,12 +92,20 @@ class Owner:
     # -- reads -------------------------------------------------------------------------------------------------------
 
     async def search(self, vectors, version: str, k: int, endpoint: str) -> dict:
+        """Neighbours of each vector → ``{"version", "body"}``: the HTTP answer's JSON, made here in a thread (made
+        once, where the hits are: up to ``BYOL_MAX_RESULTS`` of them must not hold up either event loop) —
+        ``{"version", "results": [...]}``, one list per vector for ``search_batch``, the one list for ``search``."""
         hd = self.holdings
         if version != hd.version:
             return stale(hd.version)
         vectors = self._vectors(hd, vectors)
-        hits = await to_thread.run_sync(hd.search, vectors, h.check_k(k), endpoint)
-        return {"version": hd.version, "results": [h.hits_json(row) for row in hits]}
+        h.check_k(k)
+
+        def answer() -> bytes:
+            rows = [h.hits_json(row) for row in hd.search(vectors, k, endpoint)]
+            return h.json_bytes({"version": hd.version, "results": rows if endpoint == "search_batch" else rows[0]})
+
+        return {"version": hd.version, "body": await to_thread.run_sync(answer)}
 
     async def classify(self, vectors, version: str, method: str) -> dict:
         hd = self.holdings
@@ -165,7 +173,7 @@ class Owner:
             try:
                 new = await to_thread.run_sync(load_holdings, version or served_tag())
             except (BundleError, ReleaseError) as exc:
-                msg = str(exc)
+                msg = public(str(exc))
                 kind = NotFoundError if "no bundle" in msg else BadRequest if "bad bundle tag" in msg else Conflict
                 raise kind(msg) from None
             try:

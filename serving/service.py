@@ -28,6 +28,7 @@ on ``/metrics`` (both services': BentoML gives them one multiprocess directory):
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
@@ -37,9 +38,10 @@ import bentoml
 from bentoml.exceptions import BentoMLException
 from pydantic import Field
 
-from serving import deadline, memory, metrics, multipart, openapi, paths, web
+from serving import access, deadline, memory, metrics, multipart, openapi, paths, web
 from serving import http_helpers as h
 from serving.contract.bundle import MODEL_NAME, BundleError
+from serving.errors import TooLarge, Unavailable
 from serving.following import Follower, ask, follow_interval
 from serving.index_service import ByolIndex
 from serving.runtime import check_bundle, embed_workers, load_runtime, resolve_tag
@@ -55,13 +57,48 @@ log = logging.getLogger("byol.service")
 # the edge's parse (serving.multipart).
 paths.use_store()
 memory.configure_allocator()
-deadline.install()
-metrics.install_route_labels()
-multipart.install()
+HOOKS = {"serving.deadline.install": deadline.install, "serving.metrics.install_route_labels":
+         metrics.install_route_labels, "serving.multipart.install": multipart.install}
+for _name, _install in HOOKS.items():  # each hook is a guarantee: a server without it must not start
+    if not _install():
+        raise RuntimeError(f"{_name} cannot be applied to BentoML {bentoml.__version__}: the internal it patches "
+                           "has moved; byol-embed is tested with bentoml==1.4.39 (pyproject.toml)")
 MODEL_TAG = resolve_tag()
 Image = Annotated[Path, Field(description="an image file (JPEG, PNG, GIF, BMP, TIFF, WebP, ...)")]
 K = Annotated[int, Field(description="how many neighbours (1-1000)")]
 WORKER_HEADER = "x-byol-worker"  # on /search and /index/add answers: which embedding worker answered
+
+
+def check_results(queries: int, k: int) -> None:
+    """``/search_batch``: queries x k bounded (``BYOL_MAX_RESULTS``): the answer's size, its search and its JSON."""
+    if queries * k > h.LIMITS.max_results:
+        raise TooLarge(f"too many results in one answer: {queries} images x k {k} = {queries * k} (limit "
+                       f"{h.LIMITS.max_results}, BYOL_MAX_RESULTS); send fewer images or a smaller k")
+
+
+def named_503(endpoint):
+    """BentoML answers every 5xx with a fixed text; a 503 of ours (decode memory, storage, the index service) must
+    name its bound and what to do: answered here, as JSON ``[{"error": ...}]`` like the 4xx, with ``Retry-After``."""
+
+    @functools.wraps(endpoint)
+    async def answer(*args, **kwargs):
+        try:
+            return await endpoint(*args, **kwargs)
+        except Unavailable as exc:
+            from starlette.responses import JSONResponse
+
+            log.warning("%s: 503: %s", endpoint.__name__, exc.message)
+            return JSONResponse([{"error": exc.message}], status_code=503,
+                                headers={"Retry-After": str(h.LIMITS.retry_after_s)})
+
+    return answer
+
+
+def finished(body: bytes, headers: dict):
+    """An answer the index service already wrote as JSON, sent as it is (no second encoding on this loop)."""
+    from starlette.responses import Response
+
+    return Response(body, media_type="application/json", headers=headers)
 
 
 @bentoml.asgi_app(web.app(web.load_ui()), path="/")  # GET /info, /ui, /items/{id}/thumbnail (serving.web)
@@ -79,6 +116,7 @@ class ByolEmbed:
         try:
             check_bundle(MODEL_TAG)
             follow_interval()
+            access.admin_token()
         except (BundleError, ValueError) as exc:  # BentoML's CLI prints a BentoMLException as one line
             raise BentoMLException(str(exc)) from None
 
@@ -86,7 +124,7 @@ class ByolEmbed:
         # which worker answered: BentoML's worker number (1..BYOL_EMBED_WORKERS), sent as x-byol-worker
         self.worker = str(bentoml.server_context.worker_index or os.getpid())
         self.follower = Follower(load_runtime(MODEL_TAG), self.index, self.worker, follow_interval())
-        self.admin_token = h.env_token()
+        self.admin_token = access.admin_token()
 
     @property
     def headers(self) -> dict:
@@ -109,6 +147,7 @@ class ByolEmbed:
         return self.follower.polled
 
     @bentoml.api(route="/embed")
+    @named_503
     async def embed(self, image: Image, ctx: bentoml.Context = None) -> dict:
         """One image → ``{"version", "dim", "embedding": [D floats]}`` (unit L2 norm)."""
         rt = self.runtime
@@ -117,6 +156,7 @@ class ByolEmbed:
         return h.json_response({"version": rt.version, "dim": rt.dim, "embedding": vec[0].tolist()})
 
     @bentoml.api(route="/embed_batch")
+    @named_503
     async def embed_batch(self, images: list[Image], ctx: bentoml.Context = None) -> dict:
         """Several images → ``{"version", "dim", "embeddings": [[D floats], ...]}`` in upload order; with
         ``Accept: application/x-npy`` the float32 ``[N, D]`` array as ``.npy`` bytes instead (version and dim in the
@@ -133,25 +173,29 @@ class ByolEmbed:
         return datas, lambda size: h.pixels_async(datas, size)
 
     @bentoml.api(route="/search")
+    @named_503
     async def search(self, image: Image, k: K = 10, ctx: bentoml.Context = None) -> dict:
         """Nearest neighbours → ``{"version", "results": [{"id", "score", "metadata"}]}``, best first."""
         h.check_k(k)
         self.follower.check("index")
         _, pixels = await self._pixels([image], ctx, "image")
         out = await self.follower.call(pixels, "search", k=k, endpoint="search")
-        return h.json_response({"version": out["version"], "results": out["results"][0]}, self.headers)
+        return finished(out["body"], self.headers)
 
     @bentoml.api(route="/search_batch")
+    @named_503
     async def search_batch(self, images: list[Image], k: K = 10, ctx: bentoml.Context = None) -> dict:
         """Neighbours of each image → ``{"version", "results": [[{"id", "score", "metadata"}], ...]}`` in upload
-        order, best first (limits as ``/embed_batch``)."""
+        order, best first (limits as ``/embed_batch``; images x k at most ``BYOL_MAX_RESULTS``, else 413)."""
         h.check_k(k)
         self.follower.check("index")
-        _, pixels = await self._pixels(images, ctx, "images")
+        datas, pixels = await self._pixels(images, ctx, "images")
+        check_results(len(datas), k)
         out = await self.follower.call(pixels, "search", k=k, endpoint="search_batch")
-        return h.json_response(out)
+        return finished(out["body"], self.headers)
 
     @bentoml.api(route="/search_by_id")
+    @named_503
     async def search_by_id(self, id: Annotated[int, Field(description="an item id of the served index")],
                            k: K = 10) -> dict:
         """Neighbours of an indexed item, itself left out → ``{"version", "id", "metadata", "results": [{"id",
@@ -160,6 +204,7 @@ class ByolEmbed:
         return h.json_response(await ask(self.index.to_async.neighbours(item_id=id, k=k)))
 
     @bentoml.api(route="/classify")
+    @named_503
     async def classify(self, image: Image, method: Literal["probe", "knn"] = "probe",
                        ctx: bentoml.Context = None) -> dict:
         """Class of an image → ``{"version", "method", "label", "probabilities": {class: p}}``."""
@@ -168,6 +213,7 @@ class ByolEmbed:
         return h.json_response(await self.follower.call(pixels, "classify", method=method))
 
     @bentoml.api(route="/index/add")
+    @named_503
     async def index_add(self, images: list[Image], labels: list[str] | None = None,
                         ctx: bentoml.Context = None) -> dict:
         """(token) Store the images in the collection and index them → ``{"version", "ids": [int]}``.
@@ -185,6 +231,7 @@ class ByolEmbed:
         return {"version": out["version"], "ids": out["ids"]}
 
     @bentoml.api(route="/index/remove")
+    @named_503
     async def index_remove(self, ids: list[int] | None = None, version: str = "", uris: list[str] | None = None,
                            ctx: bentoml.Context = None) -> dict:
         """(token) Remove items → ``{"version", "removed": n}`` (unknown ones are ignored). By ``ids`` with the
@@ -194,6 +241,7 @@ class ByolEmbed:
         return await ask(self.index.to_async.remove(ids=ids or [], uris=uris or [], version=version))
 
     @bentoml.api(route="/admin/reload")
+    @named_503
     async def reload(self, version: str = "", ctx: bentoml.Context = None) -> dict:
         """(token) Load a version (default: the promoted one, else the newest) beside the served one, then swap
         the index and every embedding worker to it; answers once every worker has followed.
@@ -207,4 +255,5 @@ class ByolEmbed:
         return {**swapped, **await self.follower.wait_followed(swapped["version"])}
 
 
+ByolEmbed.add_asgi_middleware(access.TrustedHosts)  # outermost: an untrusted Host is refused before anything
 ByolEmbed.add_asgi_middleware(UploadGuard)

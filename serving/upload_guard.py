@@ -1,20 +1,29 @@
 """The service's single ASGI edge: every request passes here before BentoML parses anything.
 
-In order, for each HTTP request (each refusal is a JSON ``[{"error": "<problem>"}]``, the shape BentoML gives 4xx):
+In order, for each HTTP request (each refusal is a JSON ``[{"error": "<problem>"}]``, the shape BentoML gives 4xx,
+and names the bound and its environment variable):
 
 1. headers: duplicate or conflicting ``Content-Type`` / ``Content-Length`` / ``Authorization`` → 400;
-2. admin routes: the bearer token is checked before any byte of the body is read → 401 (403 when the server has no
+2. routes: a POST (PUT, PATCH, DELETE...) to a path not in :data:`ROUTES` → 404, or 405 on a path routed for other
+   methods (:mod:`serving.edge_routes` asks the app's router), before any byte of the body is read;
+3. admin routes: the bearer token is checked before any byte of the body is read → 401 (403 when the server has no
    token), so an unauthenticated client cannot make the server buffer or parse anything;
-3. a declared ``Content-Length`` over the route's limit → 413 before reading, and the body is counted while read;
-4. admission: at most ``BYOL_MAX_INFLIGHT`` requests in flight; one more is answered 503 with ``Retry-After`` at
-   once (health, readiness, metrics and ``/info`` are never refused);
-5. upload routes: the multipart body is parsed, checked against the route's fields and rewritten to a canonical
+4. a declared ``Content-Length`` over the route's limit → 413 before reading, and the body is counted while read;
+5. reading: a body must be in within ``BYOL_BODY_TIMEOUT_S`` in all (→ 408), however it trickles; one not in at
+   the first read holds a *reading* slot until it is (at most ``BYOL_MAX_READING``; one more → 503 with
+   ``Retry-After``): a body that came with its headers takes none;
+6. admission, once the body is in: at most ``BYOL_MAX_INFLIGHT`` requests in flight; one more is answered 503 with
+   ``Retry-After`` at once (health, readiness, metrics and ``/info`` are never refused, here nor at step 5);
+7. upload routes: the multipart body is parsed, checked against the route's fields and rewritten to a canonical
    body in a worker thread (:mod:`serving.multipart`); JSON routes: the JSON is parsed in a thread (400 when bad);
-6. a read-only request whose client disconnects is cancelled (its queued decoding and model work is skipped);
+8. a read-only request whose client disconnects is cancelled (its queued decoding and model work is skipped);
    writes always run to their end.
 
-Every POST route is listed in :data:`ROUTES` with its fields; any other request (the GET routes: ``/ui``,
-``/items/{id}/thumbnail``, ``/info``...) passes steps 1, 3 (with the JSON body limit) and 4 and goes on unparsed.
+A refusal made before the body was read through closes the connection. Every POST route is listed in
+:data:`ROUTES` with its fields; a GET, HEAD or OPTIONS request (``/ui``, ``/items/{id}/thumbnail``, ``/info``, an
+unknown path: the app's 404) passes steps 1, 4 (with the JSON body limit), 5 and 6 and goes on unparsed. Why
+reading slots apart from in-flight ones: clients that send headers and then a byte now and then would otherwise
+hold every in-flight slot for as long as they like, and every real request would get 503.
 
 Why here and not in the endpoints: BentoML 1.4.39 reads and parses the body before our endpoint code runs, and a
 few bodies end in a 500 (or a hung request) in there; the edge is the one place that sees every request first.
@@ -26,12 +35,13 @@ import asyncio
 import hmac
 import json
 import logging
-import os
 from dataclasses import dataclass
 
 from anyio import CapacityLimiter, to_thread
 from python_multipart.multipart import parse_options_header
+from starlette.routing import Match
 
+from serving.edge_routes import match_scope
 from serving.limits import Limits
 from serving.multipart import SCOPE_KEY, BodyError, Form, json_problem, part_problems, prepare
 
@@ -60,6 +70,7 @@ ROUTES: dict[str, RouteRule] = {
 FILE_FIELDS: dict[str, frozenset[str]] = {path: r.form.files for path, r in ROUTES.items() if r.form}
 __all__ = ["ADMISSION", "FILE_FIELDS", "ROUTES", "UploadGuard", "part_problems"]
 NEVER_REFUSED = frozenset({"/readyz", "/healthz", "/livez", "/metrics", "/info"})
+PASSED_ON = frozenset({"GET", "HEAD", "OPTIONS"})  # to any path: the app answers (its 404 for an unknown one)
 GONE = "client closed the request"
 INLINE_BODY_BYTES = 64 * 2**10  # a multipart body this small, with at most INLINE_PARTS parts, is parsed on the
 INLINE_PARTS = 8  # event loop: measured ~10 us a part + ~2 ns a byte, so at most ~0.2 ms, about a thread hop's cost
@@ -75,14 +86,18 @@ def _small(body: bytes, content_type: bytes) -> bool:
 
 
 class Admission:
-    """How many requests are in flight (one event loop: no lock needed), and what was refused or cancelled."""
+    """How many requests are in flight or still sending their bodies (one event loop: no lock needed), and what was
+    refused, timed out or cancelled."""
 
     def __init__(self) -> None:
         self.limit, self.inflight, self.refused, self.cancelled = 0, 0, 0, 0
+        self.reading_limit, self.reading, self.refused_reading, self.timed_out, self.unrouted = 0, 0, 0, 0, 0
 
     def stats(self) -> dict:
         return {"inflight": self.inflight, "limit": self.limit, "refused_503": self.refused,
-                "cancelled_on_disconnect": self.cancelled}
+                "cancelled_on_disconnect": self.cancelled, "reading": self.reading,
+                "reading_limit": self.reading_limit, "refused_reading_503": self.refused_reading,
+                "body_timeouts_408": self.timed_out, "unrouted_refused": self.unrouted}
 
 
 ADMISSION = Admission()  # the worker's one edge reports here (GET /info → "admission")
@@ -95,7 +110,10 @@ class EdgeError(Exception):
 
 
 def admin_token() -> str | None:
-    return os.environ.get("BYOL_ADMIN_TOKEN") or None
+    """The admin token as serving.access reads it (a file or the environment, checked at start)."""
+    from serving.access import admin_token as configured
+
+    return configured()
 
 
 def check_headers(headers: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
@@ -114,6 +132,23 @@ def check_headers(headers: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
     if b"content-length" in one and not one[b"content-length"].strip().isdigit():
         raise EdgeError(400, "Content-Length is not a number")
     return one
+
+
+def check_routed(scope, method: str, path: str) -> None:
+    """A request that sends a body (a method other than GET, HEAD or OPTIONS) to a path not in :data:`ROUTES` is
+    refused before its body is read: 404 when the app routes no such path, 405 when it routes it for other methods.
+    A route the app has for this method (none today) goes on, its body read with the JSON limit."""
+    matched = match_scope(scope)
+    if matched.match is Match.FULL:
+        return
+    ADMISSION.unrouted += 1
+    shown = json.dumps(path[:200])
+    if matched.match is Match.PARTIAL:
+        allowed = ", ".join(sorted(matched.methods)) or "other methods"
+        raise EdgeError(405, f"method {method} is not allowed on {shown} (it takes {allowed})",
+                        [(b"allow", ", ".join(sorted(matched.methods)).encode())] if matched.methods else [])
+    raise EdgeError(404, f"unknown path {shown}: this server routes no {method} {shown}; the POST routes are "
+                         f"{', '.join(ROUTES)}")
 
 
 def check_auth(headers: dict[bytes, bytes], expected: str | None) -> None:
@@ -145,29 +180,40 @@ class UploadGuard:
         self.token = admin_token()
         self.admission = ADMISSION
         self.admission.limit = self.limits.max_inflight
+        self.admission.reading_limit = self.limits.max_reading
         self._threads: CapacityLimiter | None = None
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        path = scope.get("path", "")
-        rule = ROUTES.get(path) if scope.get("method") == "POST" else None
+        path, method = scope.get("path", ""), scope.get("method", "GET")
+        rule = ROUTES.get(path) if method == "POST" else None
         try:
             headers = check_headers(scope.get("headers") or [])
+            if rule is None and method not in PASSED_ON:
+                check_routed(scope, method, path)
             if rule and rule.admin:
                 check_auth(headers, self.token)
-            limit = self.limits.max_body if rule and rule.form else self.limits.max_json_body
+            limit, variable = ((self.limits.max_body, "BYOL_MAX_BODY_BYTES") if rule and rule.form
+                               else (self.limits.max_json_body, "BYOL_MAX_JSON_BYTES"))
             declared = int(headers.get(b"content-length", b"0") or 0)
             if declared > limit:
-                raise EdgeError(413, f"request body of {declared} bytes is over the limit of {limit} bytes")
+                raise EdgeError(413, f"request body of {declared} bytes is over the limit of {limit} bytes "
+                                     f"({variable})")
+        except EdgeError as exc:
+            return await reply(send, exc.status, exc.message, exc.headers, close=True)
+        try:
+            body = await self._read_in_time(receive, limit, variable, path)
+        except EdgeError as exc:
+            return await reply(send, exc.status, exc.message, exc.headers, close=True)
+        if body is None:  # the client left while sending; still answer (dropped by the server): BentoML's
+            return await reply(send, 400, GONE)  # TimeoutMiddleware waits for a first send otherwise
+        try:
             counted = self._admit(path)
         except EdgeError as exc:
             return await reply(send, exc.status, exc.message, exc.headers)
         try:
             try:
-                body = await self._read(receive, limit)
-                if body is None:  # the client left while sending; still answer (dropped by the server): BentoML's
-                    return await reply(send, 400, GONE)  # TimeoutMiddleware waits for a first send otherwise
                 scope, body = await self._check_body(scope, headers, rule, body)
             except (EdgeError, BodyError) as exc:
                 return await reply(send, exc.status, exc.message, getattr(exc, "headers", None))
@@ -176,30 +222,60 @@ class UploadGuard:
             if counted:
                 self.admission.inflight -= 1
 
+    def _busy(self, what: str, count: int, limit: int, variable: str) -> EdgeError:
+        wait = self.limits.retry_after_s
+        return EdgeError(503, f"server busy: {count} {what} (limit {limit}, {variable}); retry after {wait} s",
+                         [(b"retry-after", str(wait).encode())])
+
+    def _start_reading(self, path: str) -> bool:
+        """Take a reading slot for a body still arriving (→ True), or refuse with 503 + Retry-After; a path never
+        refused takes none."""
+        if path in NEVER_REFUSED:
+            return False
+        if self.admission.reading >= self.limits.max_reading:
+            self.admission.refused_reading += 1
+            raise self._busy("request bodies still arriving", self.admission.reading, self.limits.max_reading,
+                             "BYOL_MAX_READING")
+        self.admission.reading += 1
+        return True
+
     def _admit(self, path: str) -> bool:
-        """Take an in-flight slot (→ True), or refuse with 503 + Retry-After; some paths are never refused."""
+        """Take an in-flight slot (→ True) once the body is in, or refuse with 503 + Retry-After; some paths are
+        never refused."""
         if path in NEVER_REFUSED:
             return False
         if self.admission.inflight >= self.limits.max_inflight:
             self.admission.refused += 1
-            raise EdgeError(503, f"server busy: {self.admission.inflight} requests in flight (limit "
-                                 f"{self.limits.max_inflight}); retry after {self.limits.retry_after_s} s",
-                            [(b"retry-after", str(self.limits.retry_after_s).encode())])
+            raise self._busy("requests in flight", self.admission.inflight, self.limits.max_inflight,
+                             "BYOL_MAX_INFLIGHT")
         self.admission.inflight += 1
         return True
 
-    @staticmethod
-    async def _read(receive, limit: int) -> bytes | None:
+    async def _read_in_time(self, receive, limit: int, variable: str, path: str) -> bytes | None:
+        """The whole body (None: the client left), in within ``body_timeout_s`` (one deadline for all of it, however
+        it trickles), else 408. A body not in at the first read holds a reading slot until it is (none free: 503)."""
+        seconds, reading = self.limits.body_timeout_s, False
         chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > limit:
-                raise EdgeError(413, f"request body larger than the limit of {limit} bytes")
-            more = message.get("more_body", False)
+        try:
+            async with asyncio.timeout(seconds):
+                while more:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return None
+                    chunks.append(message.get("body", b""))
+                    size += len(chunks[-1])
+                    if size > limit:
+                        raise EdgeError(413, f"request body larger than the limit of {limit} bytes ({variable})")
+                    more = message.get("more_body", False)
+                    if more and not reading:
+                        reading = self._start_reading(path)
+        except TimeoutError:
+            self.admission.timed_out += 1
+            raise EdgeError(408, f"request body not fully received within {seconds} s (BYOL_BODY_TIMEOUT_S)") \
+                from None
+        finally:
+            if reading:
+                self.admission.reading -= 1
         return b"".join(chunks)
 
     async def _check_body(self, scope, headers: dict[bytes, bytes], rule: RouteRule | None, body: bytes):
@@ -295,10 +371,12 @@ class UploadGuard:
                 app.cancel()
 
 
-async def reply(send, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    """Same body shape BentoML gives other 4xx errors: ``[{"error": msg}]``."""
+async def reply(send, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None,
+                close: bool = False) -> None:
+    """Same body shape BentoML gives other 4xx errors: ``[{"error": msg}]``. ``close``: refused before the body
+    was read through, so the connection is closed after the answer (what is left of the body is never read)."""
     payload = json.dumps([{"error": message}]).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
-                            *(headers or [])]})
+                            *(headers or []), *([(b"connection", b"close")] if close else [])]})
     await send({"type": "http.response.body", "body": payload})

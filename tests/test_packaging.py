@@ -101,3 +101,44 @@ def test_the_installed_wheel_imports_from_its_install_not_the_checkout(wheel, tm
     r = subprocess.run([sys.executable, "-m", "byol_embed", "--version"], cwd=tmp_path, capture_output=True,
                        text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(target)})
     assert r.returncode == 0 and r.stdout.startswith("byol "), r.stderr[-2000:]
+
+
+def _declared() -> set[str]:
+    """Distribution names pyproject.toml declares (dependencies and every extra), normalised."""
+    import re
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    specs = [*project["dependencies"], *(s for extra in project["optional-dependencies"].values() for s in extra)]
+    return {re.split(r"[<>=!~\[; ]", s, maxsplit=1)[0].lower().replace("_", "-") for s in specs}
+
+
+def _imported_top_levels() -> set[str]:
+    """Top-level modules the library and command packages import (not tests, not bench)."""
+    import ast
+
+    names = set()
+    for package in PACKAGES:
+        for path in (REPO / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    names |= {alias.name.split(".")[0] for alias in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                    names.add(node.module.split(".")[0])
+    return names
+
+
+def test_every_package_the_code_imports_is_declared():
+    """A package imported directly but only pulled in by another dependency (BentoML brings starlette, anyio,
+    pydantic, python-multipart, prometheus-client...) changes or vanishes when that dependency does."""
+    import importlib.metadata
+    import sys as _sys
+
+    ours = set(PACKAGES) | {"tests", "bench"}
+    owners = importlib.metadata.packages_distributions()
+    missing = {}
+    for name in sorted(_imported_top_levels() - ours - set(_sys.stdlib_module_names) - {"__future__"}):
+        dists = {d.lower().replace("_", "-") for d in owners.get(name, [])}
+        if dists and not dists & _declared():
+            missing[name] = sorted(dists)
+    assert not missing, f"imported but not declared in pyproject.toml: {missing}"

@@ -12,7 +12,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="bundle tag or version (default: $BYOL_MODEL_TAG, the promoted one, or latest)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=3000)
-    p.add_argument("--token", help="admin bearer token for /index/* and /admin/* (default: $BYOL_ADMIN_TOKEN)")
+    p.add_argument("--token-file", help="file holding the admin bearer token for /index/* and /admin/* (default: "
+                   "$BYOL_ADMIN_TOKEN_FILE, else $BYOL_ADMIN_TOKEN); at least 16 characters")
+    p.add_argument("--token", help="the admin token itself (visible to every user of this box in ps: prefer "
+                   "--token-file)")
     return p
 
 

@@ -16,7 +16,7 @@ from tests.conftest import sample_images
 from tests.serving import server as srv
 
 pytestmark = pytest.mark.slow
-TOKEN = "client-token"
+TOKEN = "client-test-token-16"
 
 
 @pytest.fixture(scope="module")

@@ -134,6 +134,33 @@ def test_folder_uris_never_leave_their_root(tmp_path, uri, match):
     assert str(tmp_path) not in str(err.value)  # errors may reach an HTTP answer: no server path in them
 
 
+def test_a_link_inside_a_root_that_leads_out_of_it_is_refused(tmp_path):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "secret.png").write_bytes(png_bytes(5))
+    (tmp_path / "photos" / "looks-fine.png").symlink_to(tmp_path / "secret.png")
+    store = Collection(tmp_path / "c")
+    store.register_root(tmp_path / "photos")
+    with pytest.raises(CollectionError, match="not a path inside"):
+        store.read_bytes("folder:photos/looks-fine.png")
+
+
+@pytest.mark.parametrize("digest", [
+    "../" * 21 + "x",  # 64 characters that climb out of blobs/
+    "/etc/passwd".ljust(64, "a"),
+    "A" * 64,  # upper case: not what store_bytes writes
+    "0" * 63,
+    "0" * 65,
+])
+def test_sha256_uris_must_be_64_lowercase_hex_digits_before_they_become_a_path(tmp_path, digest):
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(png_bytes(6))
+    store = Collection(tmp_path / "c")
+    with pytest.raises(CollectionError, match="not a sha256 URI"):
+        store.read_bytes("sha256:" + digest)
+    with pytest.raises(CollectionError, match="not a sha256 URI"):
+        store.blob_path(digest)
+
+
 def test_a_file_outside_the_given_root_is_refused(tmp_path):
     (tmp_path / "photos").mkdir()
     with pytest.raises(CollectionError, match="not inside"):

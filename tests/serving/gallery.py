@@ -16,7 +16,7 @@ import pytest
 
 from tests.serving import server as srv
 
-TOKEN = "gallery-token"
+TOKEN = "gallery-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 

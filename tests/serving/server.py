@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from clients.local_server import REPO, SERVICE, Server, command, descendants, free_port, start  # noqa: F401
 from serving.contract.image import encode_png as png  # noqa: F401  (what a client uploads)
 
@@ -39,3 +41,19 @@ def prepare_version(tag: str, n_fit: int = 200) -> dict:
     probe.save(pdir)
     knn.save(pdir)
     return {"version": version, "bundle_dir": bdir, "encoder": enc, "probe": probe, "knn": knn}
+
+
+@contextmanager
+def live(tag: str, env: dict):
+    """A real server of bundle ``tag`` (prepared with a small probe) under ``env``, with an HTTP client →
+    ``{"version", ..., "server", "http", "port"}``; stopped on exit."""
+    import httpx
+
+    local = prepare_version(tag, n_fit=30)
+    server = start({**env, "BYOL_MODEL_TAG": tag})
+    http = httpx.Client(base_url=server.url, timeout=60)
+    try:
+        yield {**local, "server": server, "http": http, "port": int(server.url.rsplit(":", 1)[1])}
+    finally:
+        http.close()
+        server.stop()

@@ -26,20 +26,14 @@ pytestmark = pytest.mark.slow
 TOKEN = "hostile-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 ENV = {"BYOL_ADMIN_TOKEN": TOKEN, "BYOL_MAX_INFLIGHT": "4", "BYOL_MAX_BODY_BYTES": str(4 * 2**20),
-       "BYOL_MAX_REQUEST_PIXELS": "4000000", "BYOL_MAX_REMOVE": "100"}
+       "BYOL_MAX_REQUEST_PIXELS": "4000000", "BYOL_MAX_REMOVE": "100", "BYOL_MAX_READING": "4"}
 B = "hostile-boundary"
 
 
 @pytest.fixture(scope="module")
 def live(registered_bundle):
-    local = srv.prepare_version(registered_bundle, n_fit=30)
-    server = srv.start({**ENV, "BYOL_MODEL_TAG": registered_bundle})
-    http = httpx.Client(base_url=server.url, timeout=60)
-    try:
-        yield {**local, "server": server, "http": http, "port": int(server.url.rsplit(":", 1)[1])}
-    finally:
-        http.close()
-        server.stop()
+    with srv.live(registered_bundle, ENV) as state:
+        yield state
 
 
 GOOD = srv.png(sample_images(1)[0])
@@ -102,7 +96,7 @@ def raw(port: int, head: bytes, body: bytes = b"", wait: float = 30.0) -> tuple[
 
 
 def post_head(path: str, length: int, ctype: str = f"multipart/form-data; boundary={B}", extra: str = "") -> bytes:
-    return (f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: {ctype}\r\nContent-Length: {length}\r\n{extra}"
+    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\nContent-Length: {length}\r\n{extra}"
             "\r\n").encode()
 
 
@@ -290,29 +284,31 @@ def wait_for(live, pred, what: str, seconds: float = 60.0) -> dict:
 
 
 def test_overload_is_a_503_with_retry_after_then_the_server_recovers(live):
-    """BYOL_MAX_INFLIGHT=4: four uploads that never finish hold the four slots; the fifth request is refused at once
-    with 503 + Retry-After, and once they are gone the server answers again."""
+    """BYOL_MAX_READING=4: four uploads that never finish hold the four reading slots (no in-flight slot: a whole
+    request is still answered); the fifth slow body is refused at once with 503 + Retry-After naming the bound,
+    and once they are gone the server answers again."""
     head = post_head("/embed", 100_000)
     stuck = [socket.create_connection(("127.0.0.1", live["port"])) for _ in range(4)]
     try:
         for s in stuck:
             s.sendall(head + b"--" + B.encode())
-        wait_for(live, lambda a: a["inflight"] == 4, "4 requests in flight")
-        r = live["http"].post("/embed", files={"image": ("a.png", GOOD)})
-        assert r.status_code == 503 and "server busy" in r.text and r.headers["retry-after"] == "1", r.text
+        wait_for(live, lambda a: a["reading"] == 4 and a["inflight"] == 0, "4 bodies being read")
+        code, body, headers = raw(live["port"], head, b"--" + B.encode())
+        assert code == 503 and b"BYOL_MAX_READING" in body and headers["retry-after"] == "1", body
+        embeds(live)
         assert live["http"].get("/readyz").status_code == 200  # health and readiness are never refused
     finally:
         for s in stuck:
             s.close()
-    wait_for(live, lambda a: a["inflight"] == 0, "the slots given back")
+    wait_for(live, lambda a: a["reading"] == 0, "the slots given back")
     embeds(live)
 
 
 def test_a_client_leaving_mid_upload_frees_its_slot(live):
     with socket.create_connection(("127.0.0.1", live["port"])) as s:
         s.sendall(post_head("/index/add", 50_000, extra=f"Authorization: Bearer {TOKEN}\r\n") + b"--" + B.encode())
-        wait_for(live, lambda a: a["inflight"] == 1, "the upload in flight")
-    wait_for(live, lambda a: a["inflight"] == 0, "its slot given back")
+        wait_for(live, lambda a: a["reading"] == 1, "the upload being read")
+    wait_for(live, lambda a: a["reading"] == 0 and a["inflight"] == 0, "its slot given back")
     embeds(live)
 
 

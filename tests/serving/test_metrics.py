@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from serving.batching import MicroBatcher
-from serving.metrics import ITEM_LABEL, route_label
+from serving.metrics import ITEM_LABEL, UNROUTED, route_label
 from tests.serving import server as srv
 from tests.serving.gallery import AUTH, gallery
 
@@ -82,12 +82,50 @@ def test_removal_lowers_the_index_size(api, fmnist_test):
     assert value(scrape(api)["byol_index_size"], "byol_index_size") == before - 1
 
 
+def served_router():
+    """The served app's routing as BentoML 1.4.39 builds it (system routes, POST API routes, the OpenAPI page and
+    its static files, serving.web's GET app passively mounted at /), without loading a model."""
+    from _bentoml_impl.server.mount import PassiveMount
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+    from starlette.staticfiles import StaticFiles
+
+    from serving import web
+    from serving.upload_guard import ROUTES
+
+    async def nothing(request):
+        raise AssertionError
+
+    system = [Route(p, nothing) for p in ("/livez", "/healthz", "/readyz", "/metrics", "/docs.json", "/schema.json")]
+    api = [Route(p, nothing, methods=["POST"]) for p in ROUTES]
+    app = Starlette(routes=[*system, *api, PassiveMount("/", web.app({}))])
+    app.mount("/static_content", StaticFiles(directory=".", check_dir=False))
+    app.add_route("/", nothing)
+    return app
+
+
+ROUTER = served_router()
+
+
 @pytest.mark.parametrize("path,label", [
-    ("/items/12/thumbnail", ITEM_LABEL), ("/items/abc/thumbnail", ITEM_LABEL), ("/items//thumbnail", ITEM_LABEL),
-    ("/search", "/search"), ("/items/1/thumbnail/x", "/items/1/thumbnail/x"), ("/ui", "/ui"),
+    ("/items/12/thumbnail", ITEM_LABEL), ("/items/abc/thumbnail", ITEM_LABEL), ("/items//thumbnail", UNROUTED),
+    ("/search", "/search"), ("/index/add", "/index/add"), ("/ui", "/ui"), ("/ui/", "/ui/"), ("/info", "/info"),
+    ("/metrics", "/metrics"), ("/readyz", "/readyz"), ("/", "/"), ("/docs.json", "/docs.json"),
+    ("/static_content/swagger-ui.css", "/static_content/{path}"), ("/static_content/../../x", "/static_content/{path}"),
+    ("/items/1/thumbnail/x", UNROUTED), ("/wp-login.php", UNROUTED), ("/x1", UNROUTED), ("/ui/x", UNROUTED),
+    ("/info/", UNROUTED), ("", UNROUTED), ("/" + "a" * 5000, UNROUTED),
 ])
-def test_route_labels(path, label):
-    assert route_label(path) == label
+def test_route_labels_known_paths_as_themselves_and_any_other_by_one_label(path, label):
+    for method in ("GET", "POST"):  # a path routed for another method keeps its label (a 405, bounded)
+        assert route_label({"type": "http", "method": method, "path": path, "app": ROUTER}) == label
+
+
+def test_without_an_app_in_the_scope_nothing_is_routed():
+    assert route_label({"type": "http", "method": "GET", "path": "/search"}) == UNROUTED
+
+
+def test_a_websocket_is_unrouted():
+    assert route_label({"type": "websocket", "path": "/x", "app": ROUTER}) == UNROUTED
 
 
 def test_micro_batcher_reports_each_batch_size():

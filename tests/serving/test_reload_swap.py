@@ -22,7 +22,7 @@ import pytest
 from tests.serving import server as srv
 
 pytestmark = pytest.mark.slow
-TOKEN = "swap-test-token"
+TOKEN = "swap-test-token-16"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 N_ITEMS = 10_000  # per version: ~9 MB of index each, so a leaked index per reload would show in the RSS
 N_VERSIONS = 20

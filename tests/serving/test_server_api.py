@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -236,8 +237,23 @@ def test_reload_swaps_and_unknown_version_is_404_and_keeps_serving(api, images):
     assert r.status_code == 200 and r.json()["version"] == api["version"]
     r = api["http"].post("/admin/reload", headers=AUTH, json={"version": "19990101-000000-deadbeef"})
     assert r.status_code == 404 and "no bundle" in error_of(r)
+    assert "<server path>" in error_of(r) and os.environ["BYOL_HOME"] not in r.text  # no server path in answers
     r = api["http"].post("/embed", files={"image": ("x.png", images[0])})
     assert r.status_code == 200 and r.json()["version"] == api["version"]
+
+
+def test_a_corrupt_release_file_is_a_409_naming_no_server_path(api):
+    from serving.paths import release_file
+
+    path = release_file()
+    old = path.read_bytes() if path.exists() else None
+    path.write_text("{not json")
+    try:
+        r = api["http"].post("/admin/reload", headers=AUTH, json={})
+        assert r.status_code == 409 and "is corrupt" in error_of(r), r.text
+        assert str(path.parent) not in r.text and "release.json" not in r.text
+    finally:
+        path.unlink() if old is None else path.write_bytes(old)
 
 
 def test_reload_to_another_version_swaps_encoder_index_and_probe_together(api, images, tmp_path):

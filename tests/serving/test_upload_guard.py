@@ -81,14 +81,16 @@ def test_an_unsupported_content_type_is_415():
 
 def test_json_bodies_and_other_routes_pass_through_to_the_app():
     assert call("/embed", b"{}", ctype=b"application/json")[0] == 200
-    assert call("/info", b"anything", ctype=b"text/plain")[0] == 200
+    assert call("/info", b"anything", ctype=b"text/plain", method="GET")[0] == 200
     assert call("/embed", b"", method="GET")[0] == 200
+    assert call("/nowhere", b"", method="GET")[0] == 200  # GET/HEAD to any path: the app answers (its 404)
 
 
-def test_a_body_over_the_limit_is_413():
+def test_a_body_over_the_limit_is_413_naming_the_variable():
     status, body, received = call("/embed", multipart(("image", "a.png", b"x" * 200)), chunk=50,
                                   limits=Limits(max_body=100))
-    assert status == 413 and "100 bytes" in error(body) and received is None
+    assert status == 413 and "100 bytes" in error(body) and "BYOL_MAX_BODY_BYTES" in error(body)
+    assert received is None
 
 
 @pytest.mark.parametrize("fields,problem", [
@@ -146,3 +148,160 @@ def test_a_large_body_is_parsed_off_the_event_loop_and_handed_on_too():
 
 def test_routes_without_uploads_get_no_parse():
     assert parsed_by_edge("/info", b"")[1] is None
+
+
+# -- routes, reading slots and body deadlines (the edge's bounds; a real server: tests/serving/test_edge_bounds.py)
+
+def _router():
+    """A stand-in for the served app's router (Starlette puts the app in the scope): GET, POST and static routes."""
+    from starlette.applications import Starlette
+    from starlette.routing import Mount, Route
+
+    async def nothing(request):  # never called: the router is only matched
+        raise AssertionError
+
+    async def files(scope, receive, send):
+        raise AssertionError
+
+    return Starlette(routes=[Route("/info", nothing, methods=["GET"]), Route("/embed", nothing, methods=["POST"]),
+                             Route("/items/{item_id}/thumbnail", nothing, methods=["GET"]),
+                             Mount("/static_content", app=files)])
+
+
+class Client:
+    """One request to a shared guard: its body in ``parts`` sent one by one, each after ``gap`` seconds (None:
+    the first at once, the rest never); what the app read and what was answered are kept."""
+
+    def __init__(self, path: str, parts: list[bytes], gap: float = 0.0, declared: int | None = None,
+                 method: str = "POST", app=None) -> None:
+        self.parts, self.gap, self.reads = list(parts), gap, 0
+        length = sum(map(len, parts)) if declared is None else declared
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(length).encode())]
+        self.scope = {"type": "http", "path": path, "method": method, "headers": headers,
+                      **({"app": app} if app else {})}
+        self.sent: list[dict] = []
+
+    async def receive(self):
+        self.reads += 1
+        if not self.parts or (self.gap is None and self.reads > 1):
+            await asyncio.Event().wait()  # the client stays; nothing more comes
+        if self.gap:
+            await asyncio.sleep(self.gap)
+        part = self.parts.pop(0)
+        return {"type": "http.request", "body": part, "more_body": bool(self.parts)}
+
+    async def send(self, message):
+        self.sent.append(message)
+
+    @property
+    def status(self) -> int | None:
+        return self.sent[0]["status"] if self.sent else None
+
+    @property
+    def headers(self) -> dict:
+        return dict(self.sent[0]["headers"]) if self.sent else {}
+
+    @property
+    def error(self) -> str:
+        return error(b"".join(m.get("body", b"") for m in self.sent[1:]))
+
+
+async def answering_app(scope, receive, send):
+    await receive()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def run_guard(guard: UploadGuard, clients: list[Client], then=None, settle: float = 0.05):
+    """Start every client's request on ``guard`` at once; after ``settle`` s, run ``then`` (a coroutine function)
+    while they are still going; then cancel whatever has not finished."""
+    async def main():
+        tasks = [asyncio.ensure_future(guard(c.scope, c.receive, c.send)) for c in clients]
+        await asyncio.sleep(settle)
+        try:
+            return await then() if then else None
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("app", [_router(), None])  # no app in the scope: nothing is routed but ROUTES
+def test_a_post_to_an_unknown_path_is_404_before_any_body_is_read(app):
+    client = Client("/wp-login.php", [b"x"], declared=10**9, app=app)
+    run_guard(UploadGuard(answering_app), [client])
+    assert client.status == 404 and client.reads == 0, client.sent
+    assert "unknown path" in client.error and "/wp-login.php" in client.error and "/embed" in client.error
+    assert client.headers[b"connection"] == b"close"
+
+
+def test_a_post_to_a_get_only_path_is_405_naming_the_methods():
+    client = Client("/info", [b"{}"], app=_router())
+    run_guard(UploadGuard(answering_app), [client])
+    assert client.status == 405 and client.reads == 0 and "GET" in client.error
+    assert client.headers[b"allow"] == b"GET, HEAD"
+
+
+@pytest.mark.parametrize("method,path,status", [
+    ("PUT", "/embed", 405), ("DELETE", "/nope", 404), ("PATCH", "/items/3/thumbnail", 405),
+    ("GET", "/nope", 200), ("HEAD", "/nope", 200), ("OPTIONS", "/embed", 200),
+])
+def test_methods_that_send_bodies_need_a_route(method, path, status):
+    client = Client(path, [b""], method=method, app=_router())
+    run_guard(UploadGuard(answering_app), [client])
+    assert client.status == status, client.sent
+
+
+def test_a_body_not_in_by_the_deadline_is_408_however_it_trickles():
+    """A byte every 20 ms never stalls long, but the deadline (0.3 s here) covers the whole body."""
+    guard = UploadGuard(answering_app, Limits(body_timeout_s=0.3))
+    client = Client("/embed", [b"x"] * 1000, gap=0.02)
+
+    async def wait():
+        await asyncio.sleep(0.6)
+
+    run_guard(guard, [client], wait)
+    assert client.status == 408 and "BYOL_BODY_TIMEOUT_S" in client.error and "0.3 s" in client.error
+    assert 3 <= client.reads < 40 and client.headers[b"connection"] == b"close"  # many reads, one deadline
+    assert guard.admission.reading == 0 and guard.admission.inflight == 0
+
+
+def test_slow_bodies_hold_reading_slots_never_in_flight_ones():
+    """One in-flight slot, eight slow bodies: a whole request still gets in (a body in at its first read takes no
+    reading slot); past the reading bound a slow body is refused with 503 naming BYOL_MAX_READING; health is never
+    refused."""
+    guard = UploadGuard(answering_app, Limits(max_inflight=1, max_reading=8))
+    slow = [Client("/embed", [b"x", b"y"], gap=None) for _ in range(8)]
+    late, whole = Client("/embed", [b"x", b"y"], gap=None), Client("/search_by_id", [b"{}"])
+    health = Client("/readyz", [b"x", b"y"], method="GET", gap=None)
+
+    async def then():
+        assert guard.admission.reading == 8 and guard.admission.inflight == 0
+        await guard(late.scope, late.receive, late.send)
+        await guard(whole.scope, whole.receive, whole.send)
+        asyncio.ensure_future(guard(health.scope, health.receive, health.send))
+        await asyncio.sleep(0.05)
+
+    run_guard(guard, slow, then)
+    assert late.status == 503 and "BYOL_MAX_READING" in late.error and late.headers[b"retry-after"] == b"1"
+    assert late.reads == 1 and late.headers[b"connection"] == b"close"
+    assert whole.status == 200 and health.status is None and health.reads == 2  # waiting for its body, not refused
+    assert all(c.status is None for c in slow) and guard.admission.reading == 0
+
+
+def test_a_full_house_is_503_naming_the_in_flight_variable():
+    async def held(scope, receive, send):
+        await asyncio.Event().wait()
+
+    guard = UploadGuard(held, Limits(max_inflight=2))
+    running = [Client("/search_by_id", [b"{}"]) for _ in range(2)]
+    refused = Client("/search_by_id", [b"{}"])
+
+    async def then():
+        await guard(refused.scope, refused.receive, refused.send)
+
+    run_guard(guard, running, then)
+    assert refused.status == 503 and "BYOL_MAX_INFLIGHT" in refused.error and "2 requests in flight" in refused.error
+    assert guard.admission.inflight == 0
