@@ -36,7 +36,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 RESULTS = REPO / "bench" / "results" / "decode_cost.json"
-SERVICE_NAME = b"byol_embed"
+SERVICE_NAME = "byol_embed"
+
+from clients.local_server import service_processes, status_kb  # noqa: E402
 
 
 def _pattern(mode: str, w: int, h: int):
@@ -89,24 +91,7 @@ def estimated_cost(data: bytes, size: int = 28) -> int | None:
 
 def embed_workers(server) -> list[int]:
     """The server's embedding worker processes (``--service-name byol_embed`` in their command line)."""
-    from clients.local_server import descendants
-
-    pids = []
-    for pid in descendants(server.proc.pid):
-        try:
-            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"--service-name" in args and args[args.index(b"--service-name") + 1] == SERVICE_NAME:
-            pids.append(pid)
-    return pids
-
-
-def status_kb(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise KeyError(key)
+    return [pid for pid, name in service_processes(server).items() if name == SERVICE_NAME]
 
 
 def reset_peaks(pids: list[int]) -> dict[int, int]:

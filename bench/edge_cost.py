@@ -24,7 +24,6 @@ import logging
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,10 +31,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 if __name__ == "__main__":  # a private model store for the run, before bentoml is imported
-    _HOME = Path(tempfile.mkdtemp(prefix="byol-bench-edge-"))
-    os.environ["BYOL_HOME"], os.environ["BENTOML_HOME"] = str(_HOME), str(_HOME / "bentoml")
-    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from bench.machine import private_store
+
+    private_store("byol-bench-edge-")
 
 RESULTS = REPO / "bench" / "results" / "edge_cost.json"
 BOUNDARY = "edge-cost"
@@ -43,21 +41,12 @@ log = logging.getLogger("bench.edge_cost")
 
 
 def worker_rss_mb(server) -> dict:
-    """RSS (MB, from /proc) of the server's processes by role: the embedding worker(s) and the rest."""
-    from clients.local_server import descendants
+    """RSS (MB, from /proc) of the server's processes: its embedding worker(s) and all of them together."""
+    from clients.local_server import descendants, rss_kb, service_processes
 
-    out = {"embed_worker_mb": 0.0, "all_mb": 0.0}
-    for pid in [server.proc.pid, *descendants(server.proc.pid)]:
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        mb = sum(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")) / 1024
-        out["all_mb"] += mb
-        if "serving.service:ByolEmbed" in cmd and "--worker-id" in cmd:
-            out["embed_worker_mb"] += mb
-    return {k: round(v, 1) for k, v in out.items()}
+    embed = [pid for pid, name in service_processes(server).items() if name == "byol_embed"]
+    everything = [server.proc.pid, *descendants(server.proc.pid)]
+    return {"embed_worker_mb": round(rss_kb(embed) / 1024, 1), "all_mb": round(rss_kb(everything) / 1024, 1)}
 
 
 async def scrape(http) -> tuple[int, float]:

@@ -44,11 +44,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-if __name__ == "__main__":  # a private model store for the run, before bentoml is imported (serve_throughput does)
-    _HOME = Path(tempfile.mkdtemp(prefix="byol-bench-split-"))
-    os.environ["BYOL_HOME"], os.environ["BENTOML_HOME"] = str(_HOME), str(_HOME / "bentoml")
-    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as serve_throughput: no OpenMP spinning on shared cores
+if __name__ == "__main__":  # a private model store for the run, before bentoml is imported
+    from bench.machine import private_store
+
+    private_store("byol-bench-split-")
 
 from bench.serve_throughput import (  # noqa: E402
     EDGE_ENV,
@@ -205,16 +204,10 @@ def wait_workers(url: str, expected: int, timeout: float = 60.0) -> dict:
 
 def tree_memory(server) -> dict:
     """Processes of a server (main + workers) and their summed RSS in MB (from /proc)."""
-    from clients.local_server import descendants
+    from clients.local_server import descendants, rss_kb
 
-    pids, kb = [server.proc.pid, *descendants(server.proc.pid)], 0
-    for pid in pids:
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
-        except OSError:
-            continue
-        kb += sum(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
-    return {"processes": len(pids), "rss_mb": round(kb / 1024, 1)}
+    pids = [server.proc.pid, *descendants(server.proc.pid)]
+    return {"processes": len(pids), "rss_mb": round(rss_kb(pids) / 1024, 1)}
 
 
 PROBLEMS = ("Traceback", "ERROR", "Exception", "status=5", "Killed", "exited")

@@ -33,7 +33,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -43,12 +42,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 if __name__ == "__main__":  # a private model store for the run, before bentoml is imported
-    _HOME = Path(tempfile.mkdtemp(prefix="byol-bench-serve-"))
-    os.environ["BYOL_HOME"], os.environ["BENTOML_HOME"] = str(_HOME), str(_HOME / "bentoml")
-    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
-    # PyTorch's OpenMP threads otherwise spin for a core another process holds: on a shared box eager PyTorch then
-    # ran 20x slower (326 vs ~16 ms a batch), which would flatter ONNX Runtime's lead; recorded in the JSON.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from bench.machine import private_store
+
+    private_store("byol-bench-serve-")
 
 import bentoml  # noqa: E402
 

@@ -92,28 +92,11 @@ def _source(home: Path) -> str:
     return str(folder)
 
 
-def service_rss_mb(server) -> dict[str, float]:
-    """RSS of each BentoML service process of the server (``byol_embed`` workers, the ``byol_index`` service), MB."""
-    from clients.local_server import descendants
-
-    sizes: dict[str, float] = {}
-    for pid in descendants(server.proc.pid):
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
-            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"--service-name" not in args:
-            continue  # BentoML's arbiter and helpers, not a service worker
-        name = args[args.index(b"--service-name") + 1].decode()
-        rss = [int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")]
-        sizes[f"{name}:{pid}"] = sum(rss) / 1024
-    return sizes
-
-
 def worker_rss_mb(server) -> float:
-    """What the service holds: the RSS of its processes together (embedding workers + the index service)."""
-    return sum(service_rss_mb(server).values())
+    """What the service holds: the RSS of its processes together (embedding workers + the index service), MB."""
+    from clients.local_server import rss_kb, service_processes
+
+    return rss_kb(service_processes(server)) / 1024
 
 
 class Load:

@@ -87,6 +87,39 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+def status_kb(pid: int, key: str) -> int:
+    """A ``kB`` field of ``/proc/<pid>/status`` (``VmRSS``, ``VmHWM``...); OSError when the process is gone."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def rss_kb(pids) -> int:
+    """The summed RSS of the processes still alive among ``pids``."""
+    total = 0
+    for pid in pids:
+        try:
+            total += status_kb(pid, "VmRSS")
+        except OSError:
+            continue
+    return total
+
+
+def service_processes(server: Server) -> dict[int, str]:
+    """The server's BentoML service workers → their service's name (``byol_embed`` workers, the ``byol_index``
+    service), read from their command lines (``--service-name NAME``); BentoML's arbiter and helpers are left out."""
+    found = {}
+    for pid in descendants(server.proc.pid):
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--service-name" in args[:-1]:
+            found[pid] = args[args.index(b"--service-name") + 1].decode()
+    return found
+
+
 def ready(url: str) -> bool:
     """Whether the server at ``url`` answers ``/readyz`` with 200 now."""
     try:

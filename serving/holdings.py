@@ -96,7 +96,6 @@ class Holdings:
 
     version: str
     dim: int
-    input_size: int
     index: object | None  # index.durable.DurableIndex
     probe: object | None  # index.probe.LinearProbe
     knn: object | None  # index.knn.KnnClassifier
@@ -181,5 +180,5 @@ def load_holdings(tag: str) -> Holdings:
         missing["knn"] = why or f"no kNN classifier for version {version}; run 'byol probe fit --model {version}'"
     log.info("index service: version %s; index: %s; classifiers: %s", version,
              "none" if index is None else f"{len(index)} items", [k for k in ("probe", "knn") if k not in missing])
-    return Holdings(version=version, dim=dim, input_size=int(manifest.input_size), index=index, probe=probe, knn=knn,
+    return Holdings(version=version, dim=dim, index=index, probe=probe, knn=knn,
                     missing=missing, loaded_at=now_iso())

@@ -146,12 +146,6 @@ def pixels(datas: list[bytes], size: int) -> np.ndarray:
         _close(images)
 
 
-def decode_uploads(uploads: list[Path], size: int) -> tuple[np.ndarray, list[bytes]]:
-    """Uploads → ``uint8 [N, size, size, 3]`` and their raw bytes; a bad one → 400 naming it by position."""
-    datas = read_uploads(uploads)
-    return pixels(datas, size), datas
-
-
 async def decode_async(uploads: list[Path], size: int, ctx=None, field: str = "") -> tuple[np.ndarray, list[bytes]]:
     """The request's images → ``uint8 [N, size, size, 3]`` and their bytes: the edge's parse when there is one
     (:func:`edge_uploads`), else the ``Path`` uploads read off the loop; decoded by :func:`pixels_async`."""

@@ -17,6 +17,7 @@ import os
 
 import bentoml
 import numpy as np
+from anyio import to_thread
 
 from index.collection import Collection
 from index.vector_index import set_omp_threads
@@ -76,8 +77,6 @@ class ByolIndex:
 
     @bentoml.api
     async def info(self) -> dict:
-        from anyio import to_thread
-
         return await to_thread.run_sync(self.owner.info)  # the index size waits for a write in progress
 
     @bentoml.api

@@ -41,6 +41,7 @@ from anyio import CapacityLimiter, to_thread
 from python_multipart.multipart import parse_options_header
 from starlette.routing import Match
 
+from serving.access import admin_token
 from serving.edge_routes import match_scope
 from serving.limits import Limits
 from serving.multipart import SCOPE_KEY, BodyError, Form, json_problem, part_problems, prepare
@@ -107,13 +108,6 @@ class EdgeError(Exception):
     def __init__(self, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.headers = status, message, headers or []
-
-
-def admin_token() -> str | None:
-    """The admin token as serving.access reads it (a file or the environment, checked at start)."""
-    from serving.access import admin_token as configured
-
-    return configured()
 
 
 def check_headers(headers: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-from clients.local_server import REPO, SERVICE, Server, command, descendants, free_port, start  # noqa: F401
+from clients.local_server import REPO, SERVICE, Server, command, descendants, free_port, rss_kb, start, status_kb  # noqa: F401
 from serving.contract.image import encode_png as png  # noqa: F401  (what a client uploads)
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.decode_cost import attack, embed_workers, hostile, reset_peaks, status_kb
+from bench.decode_cost import attack, embed_workers, hostile, peak_over_mb, reset_peaks
 from serving import decode_memory
 from serving import http_helpers as h
 from serving.contract import image
@@ -245,7 +245,7 @@ def test_concurrent_hostile_images_stay_within_the_decode_budget(budgeted):
     answers = run(fire())
     statuses = [code for code, _ in answers]
     assert all("BYOL_DECODE_MEMORY_BYTES" in text for code, text in answers if code in (413, 503)), answers
-    rise = sum(status_kb(pid, "VmHWM") - rss for pid, rss in before.items()) * 1024
+    rise = peak_over_mb(before) * MiB
     print(f"decode attack: peak RSS rise {rise / MiB:.0f} MiB (budget {BUDGET / MiB:.0f} MiB), statuses {statuses}")
     assert rise <= BUDGET + SLACK, f"peak RSS rose {rise / MiB:.0f} MiB (budget {BUDGET / MiB:.0f} MiB): {statuses}"
     assert set(statuses) <= {200, 413, 503}, statuses

@@ -83,15 +83,8 @@ def swap(registered_bundle, tmp_path_factory):
 
 
 def worker_rss_kb(server) -> int:
-    """Resident memory of BentoML's worker (the largest process of the server's tree), from /proc."""
-    sizes = []
-    for pid in srv.descendants(server.proc.pid):
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
-        except OSError:
-            continue
-        sizes += [int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")]
-    return max(sizes)
+    """Resident memory of the server's largest process (the embedding worker or the index service), from /proc."""
+    return max(srv.rss_kb([pid]) for pid in srv.descendants(server.proc.pid))
 
 
 def reload(swap, version: str) -> None:
