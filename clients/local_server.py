@@ -137,9 +137,25 @@ def start(env: dict | None = None, timeout: float = 90.0, service: str = SERVICE
           port: int | None = None) -> Server:
     """Start a server and wait for ``/readyz``; raise ``RuntimeError`` with its log if it exits or times out.
 
-    ``cmd`` replaces ``bentoml serve ...`` (e.g. ``byol serve``); then pass the ``port`` it listens on.
+    ``cmd`` replaces ``bentoml serve ...`` (e.g. ``byol serve``); then pass the ``port`` it listens on. A port this
+    function picked itself is tried again with another when it was taken between :func:`free_port` and BentoML's
+    bind (a client connection of another process may get the same ephemeral port meanwhile).
     """
-    port = port or free_port()
+    picked, attempt = port is None and cmd is None, 1
+    while True:
+        server = _start(env, timeout, service, cmd, port or free_port(), retry=picked and attempt < PORT_TRIES)
+        if server is not None:
+            return server
+        attempt += 1
+
+
+PORT_TRIES = 3
+
+
+def _start(env: dict | None, timeout: float, service: str, cmd: list[str] | None, port: int,
+           retry: bool) -> Server | None:
+    """One start (see :func:`start`); ``None`` when it exited because its port was taken and ``retry`` allows
+    another."""
     full_env = {**os.environ, **(env or {}), "BENTOML_DO_NOT_TRACK": "true", "PYTHONPATH": str(REPO)}
     log_path = Path(tempfile.mkstemp(prefix="byol-server-", suffix=".log")[1])
     with open(log_path, "wb") as log:
@@ -149,6 +165,8 @@ def start(env: dict | None = None, timeout: float = 90.0, service: str = SERVICE
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
+            if retry and "Address already in use" in server.log():
+                return None
             raise RuntimeError(f"server exited with {proc.returncode}:\n{server.log()[-3000:]}")
         if ready(server.url):
             return server
