@@ -83,11 +83,15 @@ def index_build(r: dict) -> str:
 
 
 def index_repair(r: dict) -> str:
-    if not r["dropped_bytes"]:
-        return f"{r['path']}: the log is intact ({r['kept']} records); nothing to repair"
-    return (f"{r['path']}: kept {r['kept']} intact records, dropped {r['dropped_bytes']} damaged bytes at "
-            f"{r['dropped_ranges']}; the dropped records' items are still in the collection, and the next reload of "
-            "another version (or a rebuild) brings them back")
+    if not r["repaired"]:
+        return f"{r['path']}: SQLite finds nothing wrong; nothing to repair"
+    kept = ", ".join(f"{n} {t}" for t, n in r["kept"].items())
+    lost = ""
+    if "items_without_vector" in r:
+        lost = (f"; {r['items_without_vector']} item(s) whose vectors were lost and {r['vectors_without_item']} "
+                f"vector(s) whose item was lost were dropped ({r['items']} items now): the collection brings them back "
+                "at the next reload of another version, or with byol index build --from-collection --force")
+    return f"{r['path']}: repaired, kept {kept} readable rows{lost}; the damaged file is kept as {r['damaged_copy']}"
 
 
 def index_export(r: dict) -> str:

@@ -1,17 +1,19 @@
 """The stored collection: every indexed item's URI and label, kept so a new encoder's index can be rebuilt.
 
 Why it exists: an index belongs to one encoder version; when a retrained encoder is promoted its index must be
-rebuilt from the *images*, not from old vectors. So the collection records items (append-only ``items.jsonl``,
-one fsynced line per item, a torn last line ignored), and keeps the bytes of images uploaded over HTTP
-content-addressed under ``blobs/`` (files on disk and dataset items are referenced by URI only).
+rebuilt from the *images*, not from old vectors. So the collection records items in ``collection.db`` (SQLite,
+``index.db``: one committed transaction per write, safe across threads and processes), and keeps the bytes of
+images uploaded over HTTP content-addressed under ``blobs/`` (files on disk and dataset items are referenced by URI
+only). A collection in the layout before it (``items.jsonl`` + ``roots.json``) is converted on first use
+(``index.legacy``).
 
 URIs (an item's stable key across versions, and what ``/search`` returns as ``metadata.uri``):
 
 * ``sha256:<hex>`` — an uploaded image whose bytes are stored here;
 * ``folder:<root>/<relative path>`` — a file under a registered *folder root*: ``<root>`` is a short name (the
   folder's own name, ``-2``, ``-3``… when two folders share one) mapped to the folder's absolute path in
-  ``roots.json`` beside ``items.jsonl``. Answers therefore never show where files live on the server, and a moved
-  folder is one line of ``roots.json`` (or :meth:`Collection.register_root` with ``name``), not a re-index;
+  the collection's ``roots`` table. Answers therefore never show where files live on the server, and a moved
+  folder is one row (:meth:`Collection.register_root` with ``name``), not a re-index;
 * dataset items such as ``fashion-mnist:<split>/<i>`` (resolved to pixels by ``serving.contract.sources``);
 * ``file:///abs/path`` or a plain absolute path — what installs before folder roots recorded; still read.
 
@@ -23,24 +25,36 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import json
 import logging
 import os
 import re
+import sqlite3
+import threading
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from index.fsio import atomic_write_bytes, now_iso, write_all_durably
+from index import db, legacy
+from index.errors import IndexStoreError
+from index.fsio import atomic_write_bytes, fsync_dir, fsync_file, now_iso
 
 log = logging.getLogger(__name__)
 
-ITEMS_FILE = "items.jsonl"
+DB_FILE = "collection.db"
 BLOBS_DIR = "blobs"
 BLOB_PREFIX = "sha256:"
 DIGEST = re.compile(r"[0-9a-f]{64}")
 FOLDER_PREFIX = "folder:"
-ROOTS_FILE = "roots.json"
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (n INTEGER PRIMARY KEY AUTOINCREMENT, uri TEXT NOT NULL UNIQUE, label TEXT,
+                                  added_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS roots (name TEXT PRIMARY KEY, folder TEXT NOT NULL);
+"""
+REPAIR = ("stop the server, then recover it with: byol index repair --collection (keeps every readable row), or "
+          "restore it from a backup")
+_UPSERT = ("INSERT INTO items (uri, label, added_at) VALUES (?, ?, ?) "
+           "ON CONFLICT (uri) DO UPDATE SET label = excluded.label")
 
 
 class CollectionError(ValueError):
@@ -59,62 +73,128 @@ class Collection:
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
-        self._roots_cache: tuple[tuple, dict[str, Path]] | None = None
+        self.path = self.root / DB_FILE
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()  # one connection, many threads: one statement or transaction at a time
+
+    # ------------------------------------------------------------------------------------------ the database
+    @contextmanager
+    def _db(self, write: bool = False) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._conn is None:
+                self._conn = self._connect()
+            if write:
+                with db.transaction(self._conn, self.path, REPAIR) as conn:
+                    yield conn
+            else:
+                try:
+                    yield self._conn
+                except sqlite3.Error as exc:
+                    raise db.translate(exc, self.path, REPAIR) from None
+
+    def _connect(self) -> sqlite3.Connection:
+        """Open (creating it, or converting the layout before it, on first use) the collection's database."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not self.path.is_file():
+            fd = os.open(self.root / ".convert.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # one process creates or converts; the others wait, then open it
+                if not self.path.is_file():
+                    self._create()
+            finally:
+                os.close(fd)
+        legacy.tidy_collection(self.root)
+        return db.connect(self.path, recovery=REPAIR)
+
+    def _create(self) -> None:
+        """Write the database complete under a temporary name (with what an old layout holds), then rename it."""
+        items, roots = legacy.old_collection(self.root) if legacy.is_old_collection(self.root, DB_FILE) else ([], {})
+        tmp = self.root / f".{DB_FILE}.tmp"
+        for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
+            leftover.unlink(missing_ok=True)
+        conn = db.connect(tmp, create=True)
+        try:
+            conn.executescript(SCHEMA)
+            with db.transaction(conn, tmp) as c:
+                c.executemany("INSERT INTO items (uri, label, added_at) VALUES (?, ?, ?)", items)
+                c.executemany("INSERT INTO roots (name, folder) VALUES (?, ?)", sorted(roots.items()))
+            db.checkpoint(conn)
+        except sqlite3.Error as exc:
+            raise db.translate(exc, tmp, REPAIR) from None
+        finally:
+            conn.close()
+        fsync_file(tmp)
+        os.rename(tmp, self.path)  # the commit point: from here on the database is the collection
+        fsync_dir(self.root)
+        if items or roots:
+            log.info("converted the collection %s to %s: %d items, %d folder roots", self.root, DB_FILE, len(items),
+                     len(roots))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
     # ------------------------------------------------------------------------------------------ items
     def add(self, items: Iterable[Item], removed: bool = False) -> int:
-        """Append items (fsynced before returning); returns how many. Safe across threads and processes (flock).
-
-        Crash and disk-full safe: a torn last line (a crash mid-append) is cut off before appending, so it never
-        swallows the next record; an append that fails (ENOSPC, EIO) is cut back out and its error re-raised.
-        """
+        """Record items (one committed transaction); returns how many. A URI already recorded takes the new label
+        and keeps its place and first ``added_at``."""
+        if removed:
+            return self.remove(it.uri for it in items)
         stamp = now_iso()
-        lines = []
+        rows = []
         for it in items:
             if not it.uri:
                 raise CollectionError("collection item without a uri")
-            row = {"uri": it.uri, "label": None if it.label is None else str(it.label),
-                   "added_at": it.added_at or stamp}
-            lines.append(json.dumps({**row, "removed": True} if removed else row) + "\n")
-        if not lines:
+            rows.append((it.uri, None if it.label is None else str(it.label), it.added_at or stamp))
+        if not rows:
             return 0
-        path = self.root / ITEMS_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            _append_lines(fd, path, "".join(lines).encode())
-        finally:
-            os.close(fd)  # releases the flock
-        return len(lines)
+        with self._db(write=True) as c:
+            c.executemany(_UPSERT, rows)
+        return len(rows)
 
     def remove(self, uris: Iterable[str]) -> int:
-        """Record removals (fsynced): a rebuilt index must not bring back what a user removed. Adding the same URI
-        again later brings it back."""
-        return self.add((Item(u) for u in uris), removed=True)
+        """Record removals (committed): a rebuilt index must not bring back what a user removed. Adding the same
+        URI again later brings it back (last in order)."""
+        uris = [u for u in uris if u]
+        if not uris:
+            return 0
+        with self._db(write=True) as c:
+            for part in db.chunks(uris):
+                c.execute(f"DELETE FROM items WHERE uri IN ({db.marks(len(part))})", part)
+        return len(uris)
 
-    def items(self) -> Iterator[Item]:
-        """Items in first-added order, one per URI (a later record of the same URI updates its label; a removal
-        record drops it)."""
-        path = self.root / ITEMS_FILE
-        if not path.is_file():
-            return
-        latest: dict[str, Item] = {}
-        with open(path) as fh:
-            for n, line in enumerate(fh, 1):
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    log.warning("%s:%d: skipping an unreadable line (torn write?)", path, n)
-                    continue
-                if row.get("removed"):
-                    latest.pop(row["uri"], None)
-                    continue
-                item = Item(row["uri"], row.get("label"), row.get("added_at", ""))
-                if item.uri in latest:
-                    item.added_at = latest[item.uri].added_at
-                latest[item.uri] = item
-        yield from latest.values()
+    def items(self, batch: int = 10_000) -> Iterator[Item]:
+        """Items in first-added order, one per URI, read ``batch`` at a time (memory stays flat)."""
+        last = -1
+        while True:
+            with self._db() as c:
+                rows = c.execute("SELECT n, uri, label, added_at FROM items WHERE n > ? ORDER BY n LIMIT ?",
+                                 (last, batch)).fetchall()
+            if not rows:
+                return
+            yield from (Item(uri, label, added_at) for _, uri, label, added_at in rows)
+            last = rows[-1][0]
+
+    def present(self, uris: Iterable[str]) -> set[str]:
+        """Which of ``uris`` the collection holds."""
+        uris, out = sorted(set(uris)), set()
+        with self._db() as c:
+            for part in db.chunks(uris):
+                out.update(r[0] for r in c.execute(f"SELECT uri FROM items WHERE uri IN ({db.marks(len(part))})",
+                                                   part))
+        return out
+
+    def __len__(self) -> int:
+        with self._db() as c:
+            return int(c.execute("SELECT count(*) FROM items").fetchone()[0])
+
+    def check(self) -> list[str]:
+        """``PRAGMA quick_check`` of the database (empty when SQLite finds nothing wrong)."""
+        with self._db() as c:
+            rows = [r[0] for r in c.execute("PRAGMA quick_check").fetchall()]
+        return [] if rows == ["ok"] else rows
 
     # ------------------------------------------------------------------------------------------ bytes
     def blob_path(self, digest: str) -> Path:
@@ -157,7 +237,7 @@ class Collection:
             roots = self.roots()
             if name not in roots:
                 raise CollectionError(f"{uri}: unknown folder root {name!r} (roots are registered in "
-                                      f"{ROOTS_FILE} of the collection)")
+                                      f"{DB_FILE} of the collection)")
             parts = PurePosixPath(rel).parts
             if not parts or rel.startswith("/") or ".." in parts:
                 raise CollectionError(f"{uri}: not a path inside folder root {name!r}")
@@ -172,50 +252,32 @@ class Collection:
         return path
 
     def roots(self) -> dict[str, Path]:
-        """Registered folder roots, name → absolute folder (``roots.json``; re-read only when it changed)."""
-        path = self.root / ROOTS_FILE
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            return {}
-        key = (st.st_ino, st.st_mtime_ns, st.st_size)
-        if self._roots_cache is None or self._roots_cache[0] != key:
-            try:
-                rows = json.loads(path.read_text())["roots"]
-                roots = {str(k): Path(v) for k, v in rows.items()}
-            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-                raise CollectionError(f"{path} is unreadable ({exc}); it maps root names to folders: "
-                                      '{"roots": {"name": "/abs/folder"}}') from None
-            self._roots_cache = (key, roots)
-        return dict(self._roots_cache[1])
+        """Registered folder roots, name → absolute folder."""
+        with self._db() as c:
+            return {str(n): Path(f) for n, f in c.execute("SELECT name, folder FROM roots").fetchall()}
 
     def register_root(self, folder: str | os.PathLike, name: str | None = None) -> str:
         """The root name of ``folder``, registered now if new (unique: ``photos``, ``photos-2``…). With ``name``,
-        that name is (re)pointed at ``folder``: how a moved folder keeps its items. Safe across processes (flock)."""
+        that name is (re)pointed at ``folder``: how a moved folder keeps its items. Safe across processes (one
+        transaction)."""
         folder = Path(folder).expanduser().resolve()
         if name is not None and (not name or "/" in name or name in (".", "..")):
             raise CollectionError(f"a folder root name must be a non-empty name without '/', got {name!r}")
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / ".roots.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            roots = self.roots()
+        with self._db(write=True) as c:
+            roots = {str(n): Path(f) for n, f in c.execute("SELECT name, folder FROM roots").fetchall()}
             if name is None:
                 known = next((n for n, p in roots.items() if p == folder), None)
                 if known is not None:
                     return known
                 base = folder.name or "root"
-                name = next(c for c in (base if i == 1 else f"{base}-{i}" for i in range(1, len(roots) + 2))
-                            if c not in roots)
+                name = next(cand for cand in (base if i == 1 else f"{base}-{i}" for i in range(1, len(roots) + 2))
+                            if cand not in roots)
             elif roots.get(name) == folder:
                 return name
-            roots[name] = folder
-            body = {"roots": {n: str(p) for n, p in sorted(roots.items())}}
-            atomic_write_bytes(self.root / ROOTS_FILE, (json.dumps(body, indent=2) + "\n").encode())
-            log.info("folder root %r → %s registered in %s", name, folder, self.root / ROOTS_FILE)
-            return name
-        finally:
-            os.close(fd)  # releases the flock
+            c.execute("INSERT INTO roots (name, folder) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET folder = "
+                      "excluded.folder", (name, str(folder)))
+        log.info("folder root %r → %s registered in %s", name, folder, self.path)
+        return name
 
     def folder_uris(self, files: Iterable[str | os.PathLike], root: str | os.PathLike | None = None) -> list[str]:
         """``folder:`` URIs for files on this machine: relative to ``root`` (registered here), or without one to the
@@ -251,28 +313,34 @@ def _relative(path: Path, root: Path) -> str | None:
     return None
 
 
-def _append_lines(fd: int, path: Path, data: bytes) -> None:
-    """Under the caller's flock: cut a torn last line, append ``data``, fsync; on failure cut back and re-raise."""
-    start = os.fstat(fd).st_size
-    if start:
-        tail = os.pread(fd, min(start, 1 << 16), max(0, start - (1 << 16)))
-        if not tail.endswith(b"\n"):
-            cut = tail.rfind(b"\n")
-            keep = start - len(tail) + cut + 1 if cut >= 0 else (0 if len(tail) == start else None)
-            if keep is None:  # a torn line longer than 64 KiB: end it instead of searching further back
-                os.write(fd, b"\n")
-            else:
-                log.warning("%s: cutting a torn last line of %d bytes (a crash during an append)", path,
-                            start - keep)
-                os.ftruncate(fd, keep)
-            start = os.fstat(fd).st_size
-    try:
-        write_all_durably(fd, data)
-    except OSError:
+def repair(root: str | os.PathLike) -> dict:
+    """Recover a damaged ``collection.db``: every row SQLite can still read is kept (``index.db.salvage``), the
+    damaged file kept beside it as ``collection.db.damaged``. Stop the server first. A lost item is re-added by the
+    next ``byol index add`` / upload of it; the indexes still hold their own items."""
+    root = Path(root)
+    path, damaged = root / DB_FILE, root / f"{DB_FILE}.damaged"
+    if path.is_file():
         try:
-            os.ftruncate(fd, start)
-            os.fsync(fd)
-        except OSError as exc:
-            log.error("%s: cutting back a failed append failed too (%s); the next append cuts the torn line", path,
-                      exc)
-        raise
+            store = Collection(root)
+            problems = store.check()
+            store.close()
+        except (IndexStoreError, CollectionError) as exc:
+            problems = [str(exc)]
+        if not problems:
+            return {"path": str(path), "problems": [], "repaired": False}
+        for suffix in ("", "-wal", "-shm"):
+            if Path(f"{path}{suffix}").exists():
+                os.replace(f"{path}{suffix}", f"{damaged}{suffix}")
+    elif not damaged.is_file():
+        raise CollectionError(f"no collection database at {path} (nor {damaged.name}) to repair")
+    else:
+        problems = [f"{DB_FILE} missing (a repair was interrupted)"]
+    tmp = root / ".repair.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{tmp}{suffix}").unlink(missing_ok=True)
+    kept = db.salvage(damaged, tmp, SCHEMA, ["items", "roots"])
+    fsync_file(tmp)
+    os.rename(tmp, path)
+    fsync_dir(root)
+    log.warning("%s repaired: %s", path, kept)
+    return {"path": str(path), "problems": problems, "repaired": True, "kept": kept, "damaged_copy": str(damaged)}

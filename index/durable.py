@@ -2,20 +2,23 @@
 
 Layout of the directory::
 
-    CURRENT, snap-*/   the current snapshot (``index.snapshot``; its meta records ``wal_seq``: the last logged op in it)
-    wal.log            adds/removes since that snapshot, one framed record each (``index.wal``)
-    LOCK               flock: one writing process per directory
+    store.db   the item store (``index.item_store``, SQLite): items, the log of writes since the FAISS snapshot
+               (vectors as float32 BLOBs), the name of the current snapshot
+    snap-*/    the current FAISS snapshot (``index.snapshot``): vectors and ids only
+    LOCK       flock: one writing process per directory
 
-Why: an add or remove is appended to ``wal.log`` and fsynced *before* the call returns, so an acknowledged
-write is on disk; a failed append is cut back out of the log (``index.wal.LogWriter``), so it never shadows a later
-one. ``open`` replays records newer than the snapshot's ``wal_seq`` (so a crash between a snapshot and the log reset
-replays nothing twice), cuts a torn tail left by a crash mid-append, and refuses a log damaged in the middle (the
-error names the offset and :func:`repair`). ``compact`` snapshots and empties the log (automatically once the log
-passes ``compact_bytes``; a failed automatic compaction is logged and never fails the write that triggered it; HNSW
-tombstones are dropped then when they are more than 10% of the items). Threads: a writer-preferring readers-writer
-lock; searches run concurrently (FAISS releases the GIL), a write waits for them and excludes them, so a search sees
-all of an add or none. Adds can be made idempotent by URI (``dedupe=True``): an item whose URI the index holds
-already gets its existing id back, so a retried upload never becomes a second item.
+Why: an add or remove is one SQLite transaction — the items and the log row with their vectors — committed
+(fsynced) *before* the call returns, so an acknowledged write is on disk, and a failed one left nothing (SQLite rolls
+it back; a full or failing disk surfaces as ``OSError``). ``open`` loads the snapshot and replays the log rows it does
+not hold. ``compact`` writes a FAISS snapshot and drops the log rows it holds, in the commit that names it
+(automatically once the log passes ``compact_bytes``; a failed automatic compaction is logged and never fails the
+write that triggered it; HNSW tombstones are dropped then when they are more than 10% of the items): it writes the
+vectors, never every item again. Memory: FAISS and nothing per item — a search reads the metadata of its hits by id in
+one query, a deduplicating add looks URIs up in the store's index. Threads: a writer-preferring readers-writer lock;
+searches run concurrently (FAISS releases the GIL), a write waits for them and excludes them, so a search sees all of
+an add or none. Adds can be made idempotent by URI (``dedupe=True``): an item whose URI the index holds already gets
+its existing id back, so a retried upload never becomes a second item. A directory in the layout before the item
+store is converted on first open (``index.legacy``).
 """
 
 from __future__ import annotations
@@ -24,84 +27,37 @@ import fcntl
 import logging
 import os
 import shutil
-import threading
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from index import snapshot, wal
-from index.fsio import atomic_publish_dir, atomic_write_bytes, fsync_dir
+from index import legacy
+from index.fsio import atomic_publish_dir
+from index.item_store import REPAIR, STORE_FILE, ItemStore
+from index.rwlock import RWLock
+from index.snapshot import drop_others, index_items, open_index, save_index, snapshot_index, store_info
 from index.vector_index import Hit, IndexStoreError, VectorIndex, VersionMismatchError
 
 log = logging.getLogger(__name__)
 
-WAL_FILE = "wal.log"
 LOCK_FILE = "LOCK"
 DEFAULT_COMPACT_BYTES = 64 * 2**20  # log size past which a write snapshots (the write then takes longer)
 TOMBSTONE_REBUILD_FRACTION = 0.1  # HNSW: rebuild without tombstones at a snapshot past this share of dead items
-encode_record, read_records = wal.encode_record, wal.read_records  # the log format lives in index.wal
-
-
-class RWLock:
-    """Many readers or one writer; a waiting writer blocks new readers (no writer starvation)."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._readers = 0
-        self._writer = False
-        self._waiting_writers = 0
-
-    @contextmanager
-    def read(self):
-        with self._cond:
-            while self._writer or self._waiting_writers:
-                self._cond.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                if not self._readers:
-                    self._cond.notify_all()
-
-    @contextmanager
-    def write(self):
-        with self._cond:
-            self._waiting_writers += 1
-            while self._writer or self._readers:
-                self._cond.wait()
-            self._waiting_writers -= 1
-            self._writer = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writer = False
-                self._cond.notify_all()
 
 
 class DurableIndex:
-    """Thread-safe, write-ahead-logged :class:`VectorIndex` living in one directory."""
+    """Thread-safe :class:`VectorIndex` living in one directory, its items and write log in an item store."""
 
-    def __init__(self, directory: Path, index: VectorIndex, wal_seq: int, lock_fd: int | None) -> None:
+    def __init__(self, directory: Path, index: VectorIndex, store: ItemStore, seq: int, lock_fd: int | None) -> None:
         self.directory = directory
         self._index = index
-        self._seq = wal_seq
+        self._store = store
+        self._seq = seq
         self._lock_fd = lock_fd
         self._rw = RWLock()
-        self._wal = None if lock_fd is None else wal.LogWriter(directory / WAL_FILE)
-        self._by_uri: dict[str, set[int]] = {}
-        self._index_uris()
+        self._log_bytes = store.log_bytes()
         self.compact_bytes = DEFAULT_COMPACT_BYTES
         self.closed = False
-
-    def _index_uris(self) -> None:
-        self._by_uri = {}
-        for i, m in self._index.metadata.items():
-            if m.get("uri"):
-                self._by_uri.setdefault(m["uri"], set()).add(int(i))
 
     # ------------------------------------------------------------------------------------------ opening
     @classmethod
@@ -110,59 +66,84 @@ class DurableIndex:
         """Open (and with ``create=True`` make) an index directory, replaying its log.
 
         ``encoder_version`` / ``dim`` given → refuse an index built for something else. ``read_only`` takes no
-        lock (a CLI search beside a running service) and refuses writes.
+        lock (a CLI search beside a running service) and refuses writes. A directory in the layout before the
+        item store is converted first (under the writer lock, also for a read-only open).
         """
         directory = Path(directory)
-        if not snapshot.exists(directory) and not create:
+        if not cls.exists(directory) and not create:
+            if any(directory.glob("snap-*")):
+                raise IndexStoreError(f"no index at {directory}: {directory / STORE_FILE} is missing beside its "
+                                      f"snapshots; {REPAIR.format(version=encoder_version or directory.name)}")
             raise IndexStoreError(f"no index at {directory}")
+        if legacy.is_old_index(directory):
+            fd = _take_lock(directory)
+            try:
+                if legacy.is_old_index(directory):  # another process may have converted it meanwhile
+                    legacy.convert_index(directory)
+            finally:
+                os.close(fd)
         lock_fd = None
         if not read_only:
             directory.mkdir(parents=True, exist_ok=True)
             lock_fd = _take_lock(directory)
+        store = None
         try:
-            if snapshot.exists(directory):
-                index, meta = VectorIndex.load_with_extra(directory)
-                wal_seq = int(meta.get("wal_seq", 0))
-                if encoder_version is not None and encoder_version != index.encoder_version:
-                    raise VersionMismatchError(
-                        f"index {directory} belongs to encoder {index.encoder_version!r}, not {encoder_version!r}"
-                    )
-                if dim is not None and int(dim) != index.dim:
-                    raise IndexStoreError(f"index {directory} holds {index.dim}-d vectors, not {dim}-d")
-            else:
+            if not (directory / STORE_FILE).is_file():
                 if dim is None or not encoder_version:
                     raise IndexStoreError("creating an index needs dim and encoder_version")
-                index, wal_seq = VectorIndex(dim, encoder_version, factory), 0
-                index.save(directory, extra={"wal_seq": 0})
-            wal_seq = _replay(directory / WAL_FILE, index, wal_seq, truncate=not read_only)
-            return cls(directory, index, wal_seq, lock_fd)
+                VectorIndex(dim, encoder_version, factory).save(directory)
+            if not read_only:
+                legacy.tidy_index(directory)
+            store = ItemStore(directory, read_only=read_only, version=encoder_version or directory.name)
+            index, seq = _load(directory, store, read_only)
+            if encoder_version is not None and encoder_version != index.encoder_version:
+                raise VersionMismatchError(
+                    f"index {directory} belongs to encoder {index.encoder_version!r}, not {encoder_version!r}"
+                )
+            if dim is not None and int(dim) != index.dim:
+                raise IndexStoreError(f"index {directory} holds {index.dim}-d vectors, not {dim}-d")
+            return cls(directory, index, store, seq, lock_fd)
         except BaseException:  # the lock must not outlive a failed open (the next open would be refused)
+            if store is not None:
+                store.close()
             if lock_fd is not None:
                 os.close(lock_fd)
             raise
 
     @staticmethod
     def exists(directory: str | os.PathLike) -> bool:
-        """Whether an index was published at ``directory`` (callers never look inside the directory)."""
-        return snapshot.exists(directory)
+        """Whether an index was published at ``directory`` (callers never look inside the directory): its item
+        store is the commit point (snapshots without one are a creation that never finished, or a lost store —
+        :meth:`open` says which file is missing)."""
+        directory = Path(directory)
+        return ((directory / STORE_FILE).is_file() or (directory / legacy.CURRENT).is_file()
+                or (directory / (STORE_FILE + ".damaged")).is_file())
 
     @classmethod
-    def publish(cls, index: VectorIndex, directory: str | os.PathLike, force: bool = False) -> None:
+    def publish(cls, index: VectorIndex, directory: str | os.PathLike, force: bool = False, items=None) -> None:
         """Make a freshly built ``index`` the one at ``directory``: a new directory appears complete (built under
-        a temporary name, renamed); an existing index is replaced durably only with ``force``."""
+        a temporary name, renamed); an existing index is replaced durably only with ``force``. ``items``: a callable
+        giving ``(id, metadata)`` by id, for an index built without metadata (``index.snapshot.index_items``)."""
         directory = Path(directory)
-        if not snapshot.exists(directory):
+        if not cls.exists(directory):
             if directory.exists():
-                shutil.rmtree(directory)  # a directory without a snapshot holds no index (e.g. a bare LOCK)
-            atomic_publish_dir(lambda tmp: index.save(tmp, extra={"wal_seq": 0}), directory)
+                shutil.rmtree(directory)  # a directory without a store holds no index (e.g. a bare LOCK)
+            atomic_publish_dir(lambda tmp: save_index(index, tmp, items), directory)
             return
         if not force:
             raise IndexStoreError(
                 f"an index for {index.encoder_version} already exists at {directory}; pass --force to rebuild it "
                 "(items added since the last build are kept only through the collection)"
             )
-        with cls.open(directory) as durable:
-            durable.replace(index)
+        try:
+            durable = cls.open(directory)
+        except IndexStoreError as exc:  # a lost or damaged store: --force rebuilds the directory from scratch
+            log.warning("%s cannot be opened (%s); --force replaces it whole", directory, exc)
+            shutil.rmtree(directory)
+            atomic_publish_dir(lambda tmp: save_index(index, tmp, items), directory)
+            return
+        with durable:
+            durable.replace(index, items)
 
     # ------------------------------------------------------------------------------------------ properties
     @property
@@ -183,13 +164,23 @@ class DurableIndex:
 
     def metadata(self, item_id: int) -> dict | None:
         with self._rw.read():
-            m = self._index.metadata.get(int(item_id))
-            return None if m is None else dict(m)
+            return self._store.metadata([int(item_id)]).get(int(item_id))
 
     def items(self) -> list[tuple[int, dict]]:
-        """Every live ``(id, metadata)``: what a caller needs to reconcile this index with another record."""
+        """Every live ``(id, metadata)`` (a list of all of them: for exports and tools, not for serving)."""
         with self._rw.read():
-            return [(int(i), dict(m)) for i, m in self._index.metadata.items()]
+            return list(self._store.iter_items())
+
+    def uri_batches(self, batch: int = 10_000):
+        """``(id, uri)`` of the items, a batch at a time (each batch read under the lock, memory flat)."""
+        last = -1
+        while True:
+            with self._rw.read():
+                rows = self._store.uris_after(last, batch)
+            if not rows:
+                return
+            yield rows
+            last = rows[-1][0]
 
     def vectors(self, ids) -> np.ndarray:
         """Stored vectors of ``ids`` (exact for Flat / IVF-Flat / HNSW, approximations for PQ indexes)."""
@@ -199,50 +190,48 @@ class DurableIndex:
     def ids_of(self, uris) -> list[int]:
         """The live ids holding any of ``uris`` (the stable key of an item across versions is its URI)."""
         with self._rw.read():
-            return sorted({i for u in uris for i in self._by_uri.get(u, ())})
+            return sorted({i for ids in self._store.ids_by_uri(uris).values() for i in ids})
 
     def present_uris(self, uris) -> set[str]:
         """Which of ``uris`` the index holds."""
         with self._rw.read():
-            return {u for u in uris if u in self._by_uri}
+            return set(self._store.ids_by_uri(uris))
 
     # ------------------------------------------------------------------------------------------ operations
-    def _append(self, header: dict, vectors: np.ndarray | None = None) -> None:
-        if self._wal is None:
+    def _writable(self) -> None:
+        if self._lock_fd is None:
             raise IndexStoreError(f"index {self.directory} is "
                                   f"{'closed' if self.closed else 'open read-only'}: it takes no writes")
-        self._wal.append(encode_record(header, vectors))
 
     def add(self, vectors: np.ndarray, metadata: list[dict], encoder_version: str, *,
             dedupe: bool = False) -> np.ndarray:
-        """Log (fsync) then apply; the returned ids are durable. With ``dedupe`` an item whose ``uri`` is in the
-        index already (or earlier in this call) is not added again: its existing id is returned in its place."""
+        """Commit (fsync) then apply; the returned ids are durable. With ``dedupe`` an item whose ``uri`` is in
+        the index already (or earlier in this call) is not added again: its existing id is returned in its place."""
         with self._rw.write():
+            self._writable()
             x, metas = self._index.prepare_add(vectors, metadata, encoder_version)
             ids, fresh = self._assign_ids(metas, dedupe)
             if not fresh:
                 return ids
             new_ids = ids[fresh]
             new_metas = [metas[i] for i in fresh]
-            self._append({"op": "add", "seq": self._seq + 1, "dim": self.dim, "ids": new_ids.tolist(),
-                          "meta": new_metas}, x[fresh])
+            self._store.add(self._seq + 1, new_ids, new_metas, x[fresh])
             self._seq += 1
+            self._log_bytes += len(fresh) * (8 + 4 * self.dim)
             self._index.add_prepared(x[fresh], new_metas, new_ids)
-            for i, m in zip(new_ids.tolist(), new_metas, strict=True):
-                if m.get("uri"):
-                    self._by_uri.setdefault(m["uri"], set()).add(int(i))
             self._maybe_compact()
             return ids
 
     def _assign_ids(self, metas: list[dict], dedupe: bool) -> tuple[np.ndarray, list[int]]:
         """Ids for each row (existing ones for known URIs when deduplicating) and the rows to really add."""
         ids = np.empty(len(metas), dtype=np.int64)
+        known = self._store.ids_by_uri(m.get("uri") for m in metas) if dedupe else {}
         fresh, pending, next_id = [], {}, self._index.next_id
         for row, m in enumerate(metas):
             uri = m.get("uri") if dedupe else None
-            known = min(self._by_uri[uri]) if uri in self._by_uri else pending.get(uri)
-            if uri and known is not None:
-                ids[row] = known
+            have = known[uri][0] if uri in known else pending.get(uri)
+            if uri and have is not None:
+                ids[row] = have
                 continue
             ids[row] = next_id
             if uri:
@@ -253,30 +242,28 @@ class DurableIndex:
 
     def remove(self, ids) -> int:
         with self._rw.write():
-            present = [int(i) for i in np.atleast_1d(np.asarray(ids, dtype=np.int64))
-                       if int(i) in self._index.metadata]
+            self._writable()
+            present = self._store.present(np.atleast_1d(np.asarray(ids, dtype=np.int64)).tolist())
             if not present:
                 return 0
-            self._append({"op": "remove", "seq": self._seq + 1, "dim": self.dim, "ids": present})
+            self._store.remove(self._seq + 1, present)
             self._seq += 1
-            for i in present:
-                uri = self._index.metadata[i].get("uri")
-                if uri in self._by_uri:
-                    self._by_uri[uri].discard(i)
-                    if not self._by_uri[uri]:
-                        del self._by_uri[uri]
+            self._log_bytes += 8 * len(present)
             removed = self._index.remove(present)
             self._maybe_compact()
             return removed
 
     def search(self, queries: np.ndarray, k: int, encoder_version: str) -> list[list[Hit]]:
+        """The ``k`` nearest items per query with their metadata: FAISS, then one read of the hits' items."""
         with self._rw.read():
-            return self._index.search(queries, k, encoder_version)
+            rows = self._index.search_ids(queries, k, encoder_version)
+            meta = self._store.metadata(i for row in rows for i, _ in row)
+        return [[Hit(i, s, meta[i]) for i, s in row if i in meta] for row in rows]
 
     def _maybe_compact(self) -> None:
         """Keep the log (replayed at every open) bounded; caller holds the write lock. The write that got here is
         durable already, so a failing snapshot (a full disk) is logged and retried at a later write, never raised."""
-        if not (self.compact_bytes and self._wal is not None and self._wal.size() > self.compact_bytes):
+        if not (self.compact_bytes and self._log_bytes > self.compact_bytes):
             return
         try:
             self._snapshot()
@@ -285,34 +272,43 @@ class DurableIndex:
                         self.directory, exc)
 
     def compact(self) -> None:
-        """Snapshot everything and empty the log (the snapshot records the log position first)."""
+        """Snapshot the vectors and drop the log rows the snapshot holds."""
         with self._rw.write():
+            self._writable()
             self._snapshot()
 
-    def replace(self, index: VectorIndex) -> None:
-        """Swap in a freshly built index (a rebuild), durably: snapshot it, then empty the log."""
+    def replace(self, index: VectorIndex, items=None) -> None:
+        """Swap in a freshly built index (a rebuild), durably: its snapshot and items (its metadata, or ``items()``)
+        in one commit."""
         with self._rw.write():
+            self._writable()
+            rows = index_items(index, items)
+            name = snapshot_index(index, self.directory, {"log_seq": self._seq})
+            self._store.replace_all(rows, name, self._seq, store_info(index))
+            drop_others(self.directory, name)
+            index.metadata = None  # its items live in the store from now on
             self._index = index
-            self._index_uris()
-            self._snapshot()
+            self._log_bytes = 0
 
     def _snapshot(self) -> None:
-        if self._wal is None:
-            raise IndexStoreError(f"index {self.directory} is open read-only")
         if len(self._index.tombstones) > TOMBSTONE_REBUILD_FRACTION * max(len(self._index), 1):
             log.info("dropping %d tombstones from %s before the snapshot", len(self._index.tombstones),
                      self.directory)
             self._index = self._index.without_tombstones()
-        self._index.save(self.directory, extra={"wal_seq": self._seq})
-        self._wal.reset()
+        name = snapshot_index(self._index, self.directory, {"log_seq": self._seq})
+        self._store.switch_snapshot(name, self._seq)
+        drop_others(self.directory, name)
+        self._log_bytes = 0
+        try:
+            self._store.checkpoint()  # the database file takes the WAL back: the next writes start a short one
+        except OSError as exc:
+            log.warning("checkpointing %s failed (%s); retried at the next compaction", self.directory, exc)
 
     def close(self) -> None:
-        """Release the log and the directory lock; searches on this object keep working, writes are refused."""
+        """Release the directory lock and refuse writes; searches on this object keep working (calls that still
+        hold it finish on it), and the store's connection closes with the object."""
         with self._rw.write():
             self.closed = True
-            if self._wal is not None:
-                self._wal.close()
-                self._wal = None
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
                 self._lock_fd = None
@@ -322,6 +318,49 @@ class DurableIndex:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _load(directory: Path, store: ItemStore, read_only: bool, tries: int = 3) -> tuple[VectorIndex, int]:
+    """The current snapshot with the log replayed into it → ``(index, last sequence number)``, read as one state of
+    the store. A read-only open beside a writer may find the snapshot it was told of replaced meanwhile (a
+    compaction deletes the old one after its commit): it reads the store again."""
+    for attempt in range(tries):
+        try:
+            with store.consistent():
+                return _load_once(directory, store, read_only)
+        except IndexStoreError:
+            if not read_only or attempt == tries - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _load_once(directory: Path, store: ItemStore, read_only: bool) -> tuple[VectorIndex, int]:
+    info = store.info()
+    name = info.get("snapshot")
+    if not name or not (directory / name).is_dir():
+        raise IndexStoreError(f"index {directory}: its item store names snapshot {name!r}, which is missing; "
+                              f"{store.recovery}")
+    index, _ = open_index(directory / name)
+    if not read_only:
+        drop_others(directory, name)  # a snapshot a crash left before the store named it
+    seq, applied, top = int(info.get("snapshot_seq", 0)), 0, -1
+    for row_seq, op, ids, vectors in store.log(after=seq):
+        if op == "add":
+            index.add_prepared(vectors.reshape(-1, index.dim), None, ids)
+            top = max(top, int(ids.max()))
+        elif op == "remove":
+            index.remove(ids)
+        else:
+            raise IndexStoreError(f"{store.path}: unknown log row {op!r} at seq {row_seq}")
+        seq, applied = row_seq, applied + 1
+    if applied:
+        log.info("replayed %d logged write(s) from %s", applied, store.path)
+    index.next_id = max(index.next_id, top + 1, store.max_id() + 1)
+    count = store.count()
+    if count != len(index):
+        raise IndexStoreError(f"index {directory}: {len(index)} vectors but {count} items in {store.path.name}; "
+                              f"{store.recovery}")
+    return index, seq
 
 
 def _take_lock(directory: Path) -> int:
@@ -334,54 +373,3 @@ def _take_lock(directory: Path) -> int:
             f"index {directory} is open for writing by another process (open it read_only to search)"
         ) from None
     return fd
-
-
-def _replay(path: Path, index: VectorIndex, wal_seq: int, truncate: bool) -> int:
-    s = wal.scan(path)
-    if s.corrupt_at is not None:
-        raise wal.corruption_error(path, s)
-    applied = 0
-    for header, vectors in s.records:
-        if header["seq"] <= wal_seq:
-            continue  # already in the snapshot (crash between snapshot and log reset)
-        ids = np.asarray(header["ids"], dtype=np.int64)
-        if header["op"] == "add":
-            index.add_prepared(vectors, header["meta"], ids)
-        elif header["op"] == "remove":
-            index.remove(ids)
-        else:
-            raise IndexStoreError(f"{path}: unknown log record {header['op']!r}")
-        wal_seq = header["seq"]
-        applied += 1
-    if s.valid_end != s.size:
-        log.warning("%s: %s a torn tail of %d bytes (crash during an append)", path,
-                    "cutting" if truncate else "ignoring", s.size - s.valid_end)
-        if truncate:
-            with open(path, "rb+") as fh:
-                fh.truncate(s.valid_end)
-                os.fsync(fh.fileno())
-            fsync_dir(path.parent)
-    if applied:
-        log.info("replayed %d logged operation(s) from %s", applied, path)
-    return wal_seq
-
-
-def repair(directory: str | os.PathLike) -> dict:
-    """Make a log damaged in the middle usable again: keep every intact record (in order), drop the bad bytes.
-
-    Takes the directory's writer lock (stop the server first). Returns ``{"kept", "dropped_ranges",
-    "dropped_bytes"}``. What a dropped record held is still in the collection (it is written first), so the next
-    reconcile (``/admin/reload`` of another version, or a rebuild) brings those items back.
-    """
-    directory = Path(directory)
-    path = directory / WAL_FILE
-    lock_fd = _take_lock(directory)
-    try:
-        kept, dropped = wal.intact_frames(path)
-        if dropped:
-            atomic_write_bytes(path, kept)
-            log.warning("%s: repaired, dropped bytes %s", path, dropped)
-        return {"kept": len(wal.scan(path).records), "dropped_ranges": dropped,
-                "dropped_bytes": sum(b - a for a, b in dropped)}
-    finally:
-        os.close(lock_fd)

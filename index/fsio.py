@@ -27,15 +27,6 @@ def fsync_file(path: str | os.PathLike) -> None:
         os.fsync(fh.fileno())
 
 
-def write_all_durably(fd: int, data: bytes) -> None:
-    """Write every byte of ``data`` at ``fd``'s position (``os.write`` may write less than asked) and fsync: what an
-    append-only log needs before it acknowledges. Errors propagate; cutting a failed append back is the caller's."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-    os.fsync(fd)
-
-
 def atomic_write(path: str | os.PathLike, writer: Callable[[str], None]) -> Path:
     """Call ``writer(tmp_path)``, fsync it, then rename it over ``path``: readers see old or new, never torn."""
     path = Path(path)

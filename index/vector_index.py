@@ -2,13 +2,19 @@
 
 Why the pieces are as they are:
   * cosine similarity = inner product on L2-normalised vectors (inputs are normalised again here: cheap, safe);
-  * ids are stable int64s across removes and saves: Flat/HNSW are wrapped in ``IDMap2``, IVF stores the ids
-    itself (with a hash direct map for remove/reconstruct: IDMap2 around IVF mis-maps ids after a remove);
+  * ids are stable int64s across removes and saves: Flat/HNSW are wrapped in ``IDMap`` (the id of each position;
+    not ``IDMap2``, whose id → position hash map costs ~50 MB per million items: a stored vector is found by a
+    binary search of the ids, which stay ascending), IVF stores the ids itself (with a hash direct map for
+    remove/reconstruct: an id map around IVF mis-maps ids after a remove);
   * HNSW cannot ``remove_ids``: removed ids become *tombstones* filtered at search time with over-fetch
     (k + #tombstones), persisted with the index; ``without_tombstones()`` drops them for good;
   * an index belongs to exactly one encoder version: vectors or queries tagged with another are refused;
-  * ``save`` writes a new snapshot directory and then atomically switches a ``CURRENT`` pointer, so a crash
-    leaves the previous index readable; nprobe / efSearch are stored and set again after ``read_index``;
+  * the metadata of an in-memory index (a build, a test) is a dict here; an index opened from a directory keeps
+    none (``metadata is None``): its items live in the directory's item store (``index.item_store``), read by id
+    when a search needs them, so memory holds the vectors and little else;
+  * ``save`` writes a new FAISS snapshot and names it in the directory's item store together with the items, in
+    one commit, so a crash leaves the previous index readable; nprobe / efSearch are stored and set again after
+    ``read_index``;
   * ``build`` tunes nprobe / efSearch to a recall target on held-out queries (``index.tuning``, kept in meta.json);
   * a large snapshot is memory-mapped on load (``index.snapshot.read_index``); FAISS aborts on a write to a mapped
     index, so the first write reads it into memory (``_writable``);
@@ -28,15 +34,14 @@ from itertools import islice
 import numpy as np
 
 from index import tuning
-from index.chooser import DEFAULT_MEMORY_BUDGET, choose_index, default_nprobe, parse_factory
+from index.chooser import choose_index, default_nprobe, parse_factory
 from index.errors import IndexStoreError, VersionMismatchError
 from index.fsio import now_iso
-from index.snapshot import load_snapshot, read_index, save_snapshot
+from index.snapshot import load_index, read_index, save_index
 
 log = logging.getLogger(__name__)
 __all__ = ["Hit", "IndexStoreError", "VectorIndex", "VersionMismatchError", "normalize", "set_omp_threads"]
 
-FORMAT_VERSION = 1
 DEFAULT_EF_SEARCH = 128
 EF_SEARCH_RANGE = (16, 4096)  # efSearch values tuning may choose from (HNSW32 needed 2048 on the hard 1M mixture)
 ADD_CHUNK = 100_000
@@ -106,12 +111,12 @@ class VectorIndex:
                 self._index = faiss.index_factory(self.dim, self.factory, faiss.METRIC_INNER_PRODUCT)
                 faiss.extract_index_ivf(self._index).set_direct_map_type(faiss.DirectMap.Hashtable)
             else:
-                self._index = faiss.index_factory(self.dim, f"IDMap2,{self.factory}", faiss.METRIC_INNER_PRODUCT)
+                self._index = faiss.index_factory(self.dim, f"IDMap,{self.factory}", faiss.METRIC_INNER_PRODUCT)
         except Exception as exc:
             raise IndexStoreError(f"FAISS cannot build {self.factory!r}: {str(exc).splitlines()[0]}") from None
         self.nprobe = default_nprobe(self.spec.nlist) if self.spec.kind == "IVF" else 0
         self.ef_search = DEFAULT_EF_SEARCH if self.spec.kind == "HNSW" else 0
-        self.metadata: dict[int, dict] = {}
+        self.metadata: dict[int, dict] | None = {}  # None: the items live in an item store (index.durable)
         self.tombstones: set[int] = set()
         self.next_id = 0
         self.tuning: dict | None = None  # how nprobe / efSearch were chosen (index.tuning.TuningResult)
@@ -120,11 +125,14 @@ class VectorIndex:
     def _runtime(self, mapped_from: str | None) -> None:
         self._mapped_from = mapped_from  # the file a memory-mapped index reads, None when in memory
         self._gpu = None  # (resources, gpu index) cache, dropped on every change
+        self._order = None  # the sort order of an IDMap's ids (False: ascending already), dropped on every change
         self._gpu_lock = threading.Lock()  # concurrent searches (DurableIndex readers) build it once
         self._apply_search_params()  # read_index forgets nprobe / efSearch
 
     # ------------------------------------------------------------------------------------------ basics
     def __len__(self) -> int:
+        if self.metadata is None:
+            return self.ntotal - len(self.tombstones)
         return len(self.metadata)
 
     @property
@@ -155,7 +163,7 @@ class VectorIndex:
 
     @property
     def _id_mapped(self) -> bool:
-        """Flat/HNSW sit in an IDMap2 (their own ids are positions); IVF stores our ids natively. Why not IDMap2
+        """Flat/HNSW sit in an IDMap (their own ids are positions); IVF stores our ids natively. Why not an IDMap
         around IVF too: its remove_ids compacts the id table while IVF keeps old positions (ids then mis-map)."""
         return self.spec.kind != "IVF"
 
@@ -176,7 +184,7 @@ class VectorIndex:
         if ef_search is not None:
             self.ef_search = int(ef_search)
         self._apply_search_params()
-        self._gpu = None
+        self._gpu = self._order = None
 
     # ------------------------------------------------------------------------------------------ writes
     def prepare_add(self, vectors: np.ndarray, metadata: list[dict], encoder_version: str
@@ -212,10 +220,11 @@ class VectorIndex:
         if not self._index.is_trained:
             self._train(x)
         self._index.add_with_ids(x, np.ascontiguousarray(ids, dtype=np.int64))
-        for i, m in zip(ids.tolist(), metas, strict=True):
-            self.metadata[int(i)] = m
+        if self.metadata is not None:
+            for i, m in zip(ids.tolist(), metas, strict=True):
+                self.metadata[int(i)] = m
         self.next_id = max(self.next_id, int(ids.max()) + 1)
-        self._gpu = None
+        self._gpu = self._order = None
 
     def _train(self, x: np.ndarray, rows: np.ndarray | None = None) -> None:
         """Train (IVF k-means) on a seeded sample of ``x`` (of its ``rows`` when given)."""
@@ -234,8 +243,10 @@ class VectorIndex:
         return ids
 
     def remove(self, ids) -> int:
-        """Remove ids (unknown ids are ignored); returns how many were present."""
-        wanted = [int(i) for i in np.atleast_1d(np.asarray(ids, dtype=np.int64)) if int(i) in self.metadata]
+        """Remove ids (unknown ids are ignored; without a metadata dict the caller passes present ids only);
+        returns how many were present."""
+        wanted = [int(i) for i in np.atleast_1d(np.asarray(ids, dtype=np.int64))
+                  if self.metadata is None or int(i) in self.metadata]
         if not wanted:
             return 0
         self._writable()
@@ -246,9 +257,10 @@ class VectorIndex:
             faiss = _faiss()
             selector = faiss.IDSelectorBatch if self._id_mapped else faiss.IDSelectorArray  # hash map needs Array
             self._index.remove_ids(selector(len(arr), faiss.swig_ptr(arr)))
-        for i in wanted:
-            del self.metadata[i]
-        self._gpu = None
+        if self.metadata is not None:
+            for i in wanted:
+                del self.metadata[i]
+        self._gpu = self._order = None
         return len(wanted)
 
     # ------------------------------------------------------------------------------------------ search
@@ -277,122 +289,101 @@ class VectorIndex:
             pos = np.where(pos >= 0, id_map[np.clip(pos, 0, None)], -1)
         return scores, pos
 
-    def search(self, queries: np.ndarray, k: int, encoder_version: str) -> list[list[Hit]]:
-        """The ``k`` most cosine-similar items per query, best first (fewer when the index is smaller)."""
+    def search_ids(self, queries: np.ndarray, k: int, encoder_version: str) -> list[list[tuple[int, float]]]:
+        """``(id, score)`` of the ``k`` most cosine-similar items per query, best first (fewer when the index is
+        smaller); tombstones skipped."""
         self._check_version(encoder_version, "queries")
         q = normalize(queries, self.dim, "queries")
         if int(k) < 1:
             raise IndexStoreError(f"k must be >= 1, got {k}")
         k = int(k)
-        if not self.metadata or len(q) == 0:
+        if not len(self) or len(q) == 0:
             return [[] for _ in range(len(q))]
         fetch = min(k + len(self.tombstones), self.ntotal)
         scores, ids = self._raw_search(q, fetch)
-        out: list[list[Hit]] = []
-        meta, dead = self.metadata, self.tombstones
+        out: list[list[tuple[int, float]]] = []
+        dead = self.tombstones
         for srow, irow in zip(scores.tolist(), ids.tolist(), strict=True):
-            live = (Hit(i, s, dict(meta[i])) for s, i in zip(srow, irow, strict=True)
-                    if i >= 0 and i not in dead and i in meta)
+            live = ((i, s) for s, i in zip(srow, irow, strict=True) if i >= 0 and i not in dead)
             out.append(list(islice(live, k)))  # stop at k: the over-fetch for tombstones is not built
         return out
+
+    def search(self, queries: np.ndarray, k: int, encoder_version: str) -> list[list[Hit]]:
+        """The ``k`` most cosine-similar items per query with their metadata (an in-memory index; a directory's
+        index answers through :meth:`index.durable.DurableIndex.search`)."""
+        meta = self.metadata or {}
+        return [[Hit(i, s, dict(meta[i])) for i, s in row if i in meta]
+                for row in self.search_ids(queries, k, encoder_version)]
+
+    def live_ids(self) -> np.ndarray:
+        """Every id FAISS holds that is not a tombstone, ascending."""
+        if self.metadata is not None:
+            return np.array(sorted(self.metadata), dtype=np.int64)
+        faiss = _faiss()
+        if self._id_mapped:
+            held = faiss.vector_to_array(self._index.id_map)
+        else:
+            inv = faiss.extract_index_ivf(self._index).invlists
+            held = np.concatenate([faiss.rev_swig_ptr(inv.get_ids(lst), inv.list_size(lst)).copy()
+                                   for lst in range(inv.nlist)] or [np.zeros(0, np.int64)])
+        dead = np.fromiter(self.tombstones, dtype=np.int64, count=len(self.tombstones))
+        return np.setdiff1d(held.astype(np.int64), dead)
 
     def vectors(self, ids) -> np.ndarray:
         """Stored vectors of ``ids`` (exact for Flat/IVF-Flat/HNSW, approximate for PQ)."""
         arr = np.ascontiguousarray(ids, dtype=np.int64)
         if not len(arr):
             return np.zeros((0, self.dim), dtype=np.float32)
-        return self._index.reconstruct_batch(arr)
+        if not self._id_mapped or isinstance(self._index, _faiss().IndexIDMap2):  # IVF; IDMap2 of older stores
+            return self._index.reconstruct_batch(arr)
+        return self._inner().reconstruct_batch(self._positions(arr))
+
+    def _positions(self, ids: np.ndarray) -> np.ndarray:
+        """Positions of ``ids`` in an ``IDMap`` (a binary search: ids are added ascending and removes keep the
+        order; an index whose ids are not ascending — a tuned build adds its held-out rows last — is searched
+        through a sorted order computed once per change)."""
+        faiss = _faiss()
+        held = faiss.rev_swig_ptr(self._index.id_map.data(), self._index.id_map.size())
+        if self._order is None:
+            self._order = False if bool(np.all(held[1:] > held[:-1])) else np.argsort(held, kind="stable")
+        order = self._order
+        keys = held if order is False else held[order]
+        at = np.minimum(np.searchsorted(keys, ids), max(len(keys) - 1, 0))
+        if not len(keys) or not np.array_equal(keys[at], ids):
+            missing = ids[keys[at] != ids] if len(keys) else ids
+            raise IndexStoreError(f"no vector with id {int(missing[0])} in the index")
+        return (at if order is False else order[at]).astype(np.int64)
 
     def without_tombstones(self) -> VectorIndex:
         """A copy holding only live items (same ids, metadata, parameters): HNSW's way to really remove."""
-        ids = np.array(sorted(self.metadata), dtype=np.int64)
+        ids = self.live_ids()
         fresh = VectorIndex(self.dim, self.encoder_version, self.factory)
+        fresh.metadata = None if self.metadata is None else {}
         fresh.nprobe, fresh.ef_search, fresh.tuning = self.nprobe, self.ef_search, self.tuning
         fresh._apply_search_params()
-        if len(ids):
-            fresh.add_prepared(self.vectors(ids), [self.metadata[int(i)] for i in ids], ids)
+        for lo in range(0, len(ids), ADD_CHUNK):
+            part = ids[lo:lo + ADD_CHUNK]
+            metas = None if self.metadata is None else [self.metadata[int(i)] for i in part]
+            fresh.add_prepared(self.vectors(part), metas, part)
         fresh.next_id = self.next_id
         return fresh
 
     # ------------------------------------------------------------------------------------------ persistence
-    def _meta_json(self, extra: dict | None = None) -> dict:
-        return {
-            "format_version": FORMAT_VERSION, "dim": self.dim, "encoder_version": self.encoder_version,
-            "factory": self.factory, "next_id": self.next_id, "count": len(self), "nprobe": self.nprobe,
-            "ef_search": self.ef_search, "tuning": self.tuning, "tombstones": sorted(self.tombstones),
-            "metric": "inner_product", "saved_at": now_iso(), **(extra or {}),
-        }
-
-    def save(self, directory: str | os.PathLike, extra: dict | None = None) -> None:
-        """Write a new snapshot under ``directory`` and switch ``CURRENT`` to it atomically."""
-        save_snapshot(directory, lambda path: _faiss().write_index(self._index, str(path)), self.metadata,
-                      self._meta_json(extra))
+    def save(self, directory: str | os.PathLike) -> None:
+        """Write this in-memory index as the index of ``directory`` (``index.snapshot.save_index``)."""
+        save_index(self, directory)
 
     @classmethod
     def load(cls, directory: str | os.PathLike, mmap: bool | None = None) -> VectorIndex:
-        return cls.load_with_extra(directory, mmap)[0]
-
-    @classmethod
-    def load_with_extra(cls, directory: str | os.PathLike, mmap: bool | None = None) -> tuple[VectorIndex, dict]:
-        """Load the current snapshot; also return its meta.json (the durable index keeps its log position there).
-
-        ``mmap``: True maps the FAISS file, False reads it, None maps it when large (``index.snapshot.use_mmap``).
-        """
-        faiss_file, meta, metadata = load_snapshot(directory, FORMAT_VERSION)
-        self = cls.__new__(cls)
-        self.dim = int(meta["dim"])
-        self.encoder_version = str(meta["encoder_version"])
-        self.factory = str(meta["factory"])
-        self.spec = parse_factory(self.factory)
-        try:
-            self._index, mapped = read_index(faiss_file, mmap)
-        except Exception as exc:
-            raise IndexStoreError(f"index {directory}: cannot read {faiss_file.name}: {str(exc).splitlines()[0]}"
-                                  ) from None
-        self.nprobe, self.ef_search = int(meta.get("nprobe", 0)), int(meta.get("ef_search", 0))
-        self.tuning = meta.get("tuning")
-        self.next_id = int(meta["next_id"])
-        self.tombstones = {int(i) for i in meta.get("tombstones", [])}
-        self.metadata = metadata
-        self._runtime(str(faiss_file) if mapped else None)
-        if len(self.metadata) + len(self.tombstones) != self._index.ntotal:
-            raise IndexStoreError(
-                f"index {directory}: {self._index.ntotal} vectors but {len(self.metadata)} metadata rows (corrupt?)"
-            )
-        return self, meta
+        """The index saved at ``directory``, its metadata in memory (``index.snapshot.load_index``)."""
+        return load_index(directory, mmap)
 
     # ------------------------------------------------------------------------------------------ building
-    def _tune(self, unit: np.ndarray, held: np.ndarray, target: float) -> None:
-        """nprobe / efSearch for recall >= ``target`` on ``unit[held]``, rows not added yet (``index.tuning``)."""
-        ivf = self.spec.kind == "IVF"
-        lo, hi = (1, self.spec.nlist) if ivf else EF_SEARCH_RANGE
-        truth = tuning.exact_neighbours(unit, held)  # row positions = ids in a fresh build
-        self.tuning = tuning.tune(lambda q, k: self._index.search(q, k)[1],
-                                  lambda v: self.set_search_params(**{"nprobe" if ivf else "ef_search": v}),
-                                  unit[held], truth, "nprobe" if ivf else "efSearch", lo, hi, target=target,
-                                  label=self.factory).to_json()
-
     @classmethod
-    def build(cls, vectors: np.ndarray, metadata: list[dict], encoder_version: str, factory: str | None = "auto",
-              memory_budget_bytes: int | None = None, recall_target: float | None = tuning.DEFAULT_RECALL_TARGET
-              ) -> VectorIndex:
-        """One-shot build; ``factory='auto'`` asks :func:`choose_index` with the real N. An approximate index gets
-        nprobe / efSearch for ``recall_target`` (None: the defaults) on a held-out sample, added last."""
-        x = np.asarray(vectors)
-        if x.ndim != 2:
-            raise IndexStoreError(f"vectors must be 2-D, got shape {list(x.shape)}")
-        if not factory or factory == "auto":
-            factory = choose_index(len(x), x.shape[1], memory_budget_bytes or DEFAULT_MEMORY_BUDGET)[0]
-        idx = cls(x.shape[1], encoder_version, factory)
-        unit, metas = idx.prepare_add(x, metadata, encoder_version)
-        tuned = recall_target is not None and idx.spec.kind in ("IVF", "HNSW")
-        rest, held = tuning.held_out(len(unit)) if tuned else (np.arange(len(unit)), np.arange(0))
-        if not idx._index.is_trained:  # the held-out rows stay out of k-means too (when enough rows remain)
-            idx._train(unit, rest if len(rest) >= idx.spec.nlist else None)
-        for rows in (rest, held):
-            if rows is held and len(held):
-                idx._tune(unit, held, recall_target)
-            for lo in range(0, len(rows), ADD_CHUNK):  # chunks: no second full copy of the vectors
-                part = rows[lo:lo + ADD_CHUNK]
-                idx.add_prepared(unit[part], [metas[i] for i in part], part.astype(np.int64))
-        return idx
+    def build(cls, vectors: np.ndarray, metadata: list[dict] | None, encoder_version: str,
+              factory: str | None = "auto", memory_budget_bytes: int | None = None,
+              recall_target: float | None = tuning.DEFAULT_RECALL_TARGET) -> VectorIndex:
+        """One-shot build (``index.building.build``)."""
+        from index.building import build
+
+        return build(cls, vectors, metadata, encoder_version, factory, memory_budget_bytes, recall_target)

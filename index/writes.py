@@ -3,8 +3,10 @@
 Every writer goes through here — ``POST /index/add`` and ``/index/remove``, ``byol index build`` and ``byol index
 add``, and the reconcile a reload runs before a swap — so the rules hold everywhere:
 
-* the collection is written first (fsynced), the index's log last: every acknowledged id can be rebuilt by a new
-  encoder version, and a crash in between leaves an unindexed collection item, never an unrecorded indexed one;
+* the collection is written first (committed), the index's item store last: every acknowledged id can be rebuilt
+  by a new encoder version, and a crash in between leaves an unindexed collection item, never an unrecorded indexed
+  one (they are two SQLite databases — the collection outlives every version's index — and SQLite commits across
+  databases in WAL mode atomically only one by one, so the order is the rule);
 * a removal is recorded in the collection first, then applied to the index, so neither a rebuild nor a reconcile
   for a new version brings the item back (a crash in between leaves an item the next reconcile drops);
 * uploads are keyed by content (``sha256:`` URIs) and added idempotently: a retried add returns the same id;
@@ -16,12 +18,13 @@ Index metadata is a dict per item with at least ``uri`` (and ``label``); the col
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from index.collection import Collection, Item
 from index.durable import DurableIndex
+from index.snapshot import index_items
 from index.vector_index import VectorIndex
 
 
@@ -30,14 +33,16 @@ def _items(metadata: Sequence[dict]) -> list[Item]:
 
 
 def publish(index: VectorIndex, directory: str | os.PathLike, collection: Collection, force: bool = False,
-            record: bool = True) -> None:
+            record: bool = True, items: Callable[[], Iterable[tuple[int, dict]]] | None = None) -> None:
     """A built index becomes the one at ``directory``; with ``record`` its items join the collection first.
 
-    ``record=False`` is for a rebuild *from* the collection (its items are already there).
+    ``record=False`` is for a rebuild *from* the collection (its items are already there). ``items``: a callable
+    giving ``(id, metadata)`` by id, for an index built without metadata (read twice: collection, then store).
     """
     if record:
-        collection.add(_items([index.metadata[i] for i in sorted(index.metadata)]))
-    DurableIndex.publish(index, directory, force=force)
+        for part in _batched((m for _, m in index_items(index, items)), 10_000):
+            collection.add(_items(part))
+    DurableIndex.publish(index, directory, force=force, items=items)
 
 
 def add(index: DurableIndex, collection: Collection, vectors: np.ndarray, metadata: list[dict],
@@ -87,18 +92,32 @@ def reconcile(index: DurableIndex, collection: Collection, embed: Embed, encoder
 
     Why: a new version's index is rebuilt from the collection while the old version keeps serving; images added
     or removed over HTTP in between would otherwise vanish or come back at the swap. The caller holds its write
-    lock across this and the swap. Items ``embed`` cannot read are skipped, as a rebuild skips them.
+    lock across this and the swap. Items ``embed`` cannot read are skipped, as a rebuild skips them. Both sides are
+    compared a batch at a time through their databases: memory does not grow with the number of items.
     """
-    wanted = {it.uri: it for it in collection.items()}
-    present = index.items()
-    have = {m.get("uri") for _, m in present}
-    stale = [i for i, m in present if m.get("uri") not in wanted]
-    missing = [it for uri, it in wanted.items() if uri not in have]
     added = 0
-    for lo in range(0, len(missing), batch):
-        vectors, readable = embed(missing[lo:lo + batch])
-        if readable:
-            index.add(vectors, [{"uri": it.uri, "label": it.label} for it in readable], encoder_version)
-            added += len(readable)
+    for part in _batched(collection.items(), 4 * batch):
+        have = index.present_uris(it.uri for it in part)
+        missing = [it for it in part if it.uri not in have]
+        for lo in range(0, len(missing), batch):
+            vectors, readable = embed(missing[lo:lo + batch])
+            if readable:
+                index.add(vectors, [{"uri": it.uri, "label": it.label} for it in readable], encoder_version)
+                added += len(readable)
+    stale: list[int] = []
+    for rows in index.uri_batches():
+        kept = collection.present(u for _, u in rows)
+        stale += [i for i, u in rows if u not in kept]
     removed = index.remove(stale) if stale else 0
     return {"added": added, "removed": removed}
+
+
+def _batched(items: Iterable, n: int) -> Iterator[list]:
+    part: list = []
+    for it in items:
+        part.append(it)
+        if len(part) == n:
+            yield part
+            part = []
+    if part:
+        yield part

@@ -11,8 +11,8 @@ Rules, and why:
   added or removed while a new version loads is either reconciled into it or refused as stale and written again;
 * ids belong to one version's index: a removal by id must name that version (409 when another one is served now);
   a removal by URI (``sha256:<hex>`` of the image, stable across versions) needs none;
-* a storage failure (full or failing disk) is a 503: nothing of that write was kept (``index.wal`` cuts it back),
-  and a retried add is idempotent (same image → same id);
+* a storage failure (full or failing disk) is a 503: nothing of that write was kept (its SQLite transaction
+  rolls back), and a retried add is idempotent (same image → same id);
 * the embedding workers poll :meth:`Owner.status` (``BYOL_FOLLOW_S``): the owner knows which workers are alive and
   which version each serves, so a reload can answer once every worker has followed it.
 """
@@ -28,6 +28,7 @@ from anyio import to_thread
 
 from index import writes
 from index.collection import Collection
+from index.db import StoreDamagedError
 from index.errors import IndexStoreError
 from serving import http_helpers as h
 from serving import items, memory
@@ -102,7 +103,11 @@ class Owner:
         h.check_k(k)
 
         def answer() -> bytes:
-            rows = [h.hits_json(row) for row in hd.search(vectors, k, endpoint)]
+            try:
+                rows = [h.hits_json(row) for row in hd.search(vectors, k, endpoint)]
+            except StoreDamagedError as exc:  # the operator's problem, named, not the caller's: 503 and the log
+                log.error("search failed: %s", exc)
+                raise Unavailable(f"the index's item store is damaged: {public(str(exc))}") from None
             return h.json_bytes({"version": hd.version, "results": rows if endpoint == "search_batch" else rows[0]})
 
         return {"version": hd.version, "body": await to_thread.run_sync(answer)}

@@ -38,9 +38,11 @@ def parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="write an index's vectors + metadata as embeddings.npy + metadata.parquet")
     e.add_argument("--model", default="latest", help="bundle tag whose index to export")
     e.add_argument("--out", required=True, help="output folder (new)")
-    r = sub.add_parser("repair", help="keep every intact record of an index log damaged in the middle (stop the "
-                       "server first)")
-    r.add_argument("--model", required=True, help="bundle version (or tag) whose index log to repair")
+    r = sub.add_parser("repair", help="recover a damaged item store (an index's store.db, or the collection's): "
+                       "every readable row kept (stop the server first)")
+    w = r.add_mutually_exclusive_group(required=True)
+    w.add_argument("--model", help="bundle version (or tag) whose index to repair")
+    w.add_argument("--collection", action="store_true", help="repair the collection's database")
     return parser
 
 
@@ -58,7 +60,7 @@ def main(argv: list[str]) -> int:
     elif action == "add":
         print(tables.index_add(indexing.add(AddConfig(**args))))
     elif action == "repair":
-        print(tables.index_repair(indexing.repair(args["model"])))
+        print(tables.index_repair(indexing.repair(args["model"], collection=args["collection"])))
     else:
         print(tables.index_export(indexing.export(ExportConfig(**args))))
     return 0

@@ -166,8 +166,9 @@ def write_embeddings(out: Path, blocks: Iterable[np.ndarray], n: int, dim: int, 
         atomic_publish_dir(build, out)
 
 
-def read_embeddings(out: str | Path) -> tuple[np.ndarray, list[dict], dict]:
-    """``(vectors [N, D] memory-mapped, metadata rows, manifest)`` of a finished ``embed-folder`` output."""
+def read_embeddings(out: str | Path, rows: bool = True) -> tuple[np.ndarray, list[dict] | None, dict]:
+    """``(vectors [N, D] memory-mapped, metadata rows, manifest)`` of a finished ``embed-folder`` output; with
+    ``rows=False`` the rows are counted, not read (:func:`iter_embedding_rows` streams them)."""
     import pyarrow.parquet as pq
 
     out = Path(out)
@@ -175,8 +176,17 @@ def read_embeddings(out: str | Path) -> tuple[np.ndarray, list[dict], dict]:
         raise SourceError(f"{out} holds no finished embed-folder output ({MANIFEST} missing)")
     manifest = json.loads((out / MANIFEST).read_text())
     vectors = np.load(out / EMBEDDINGS, mmap_mode="r")
-    rows = pq.read_table(out / METADATA).to_pylist()
-    if len(rows) != len(vectors) or vectors.shape[1:] != (manifest["dim"],):
-        raise SourceError(f"{out}: {len(vectors)} vectors of shape {vectors.shape[1:]} but {len(rows)} metadata "
+    table_rows = pq.read_table(out / METADATA).to_pylist() if rows else None
+    count = len(table_rows) if rows else pq.ParquetFile(out / METADATA).metadata.num_rows
+    if count != len(vectors) or vectors.shape[1:] != (manifest["dim"],):
+        raise SourceError(f"{out}: {len(vectors)} vectors of shape {vectors.shape[1:]} but {count} metadata "
                           f"rows and dim {manifest['dim']} (corrupt?)")
-    return vectors, rows, manifest
+    return vectors, table_rows, manifest
+
+
+def iter_embedding_rows(out: str | Path, batch: int = 65_536):
+    """The metadata rows of an ``embed-folder`` output, in order, a parquet batch at a time (memory stays flat)."""
+    import pyarrow.parquet as pq
+
+    for part in pq.ParquetFile(Path(out) / METADATA).iter_batches(batch_size=batch):
+        yield from part.to_pylist()

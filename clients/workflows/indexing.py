@@ -232,10 +232,14 @@ def add(cfg: AddConfig) -> dict:
 def build_from_embeddings(cfg: BuildConfig) -> dict:
     """Index an ``embed-folder`` output as it is (no re-embedding): its encoder version must be the model's; its
     metadata rows (relative path, width, height, sha256) become the items' metadata, keyed by ``folder:`` URIs
-    under the embedded folder (``cfg.root``, default the one its manifest names), registered as a root."""
-    from clients.workflows.embedding import read_embeddings
+    under the embedded folder (``cfg.root``, default the one its manifest names), registered as a root. An index
+    that needs no training (Flat) is filled from the memory-mapped vectors a chunk at a time and its rows streamed
+    into the item store: millions of items never sit in memory as Python objects."""
+    from clients.workflows.embedding import iter_embedding_rows, read_embeddings
+    from index.chooser import choose_index, parse_factory
+    from index.fsio import now_iso
 
-    vectors, rows, manifest = read_embeddings(cfg.from_embeddings)
+    vectors, _, manifest = read_embeddings(cfg.from_embeddings, rows=False)
     encoder = open_encoder(cfg.model)
     if manifest["encoder_version"] != encoder.version:
         raise IndexStoreError(f"{cfg.from_embeddings} was embedded with encoder {manifest['encoder_version']}, but "
@@ -243,18 +247,28 @@ def build_from_embeddings(cfg: BuildConfig) -> dict:
                               "or embed the folder again with this model")
     if vectors.shape[1] != encoder.dim:
         raise IndexStoreError(f"{cfg.from_embeddings} holds {vectors.shape[1]}-d vectors, the model {encoder.dim}-d")
+    if len(vectors) == 0:
+        raise IndexStoreError("nothing to index: the source has no images")
     root = Path(cfg.root or manifest["folder"])
     if not root.is_dir():
         log.warning("the embedded folder %s is not on this machine: search works, thumbnails and rebuilds need "
                     "the files (pass --root where they live)", root)
     store = collection()
     name = store.register_root(root)
-    uris = [f"{FOLDER_PREFIX}{name}/{r['path']}" for r in rows]  # embed-folder's paths are relative to the folder
-    keep = ("path", "width", "height", "sha256")
-    metadata = [{"uri": u, **{k: r[k] for k in keep if r.get(k) is not None}} for u, r in zip(uris, rows, strict=True)]
-    index = build_index(np.asarray(vectors, dtype=np.float32), metadata, encoder.version, cfg.factory)
+    keep, stamp = ("path", "width", "height", "sha256"), now_iso()
+
+    def items():  # embed-folder's paths are relative to the folder: folder:<root>/<path>
+        for i, r in enumerate(iter_embedding_rows(cfg.from_embeddings)):
+            yield i, {"added_at": stamp, "uri": f"{FOLDER_PREFIX}{name}/{r['path']}",
+                      **{k: r[k] for k in keep if r.get(k) is not None}}
+
+    factory = cfg.factory if cfg.factory != "auto" else choose_index(len(vectors), vectors.shape[1])[0]
+    if parse_factory(factory).kind == "Flat":
+        index = VectorIndex.build(vectors, None, encoder.version, factory)
+    else:  # trained or tuned on all the vectors: built in memory with its metadata
+        index = build_index(np.asarray(vectors, dtype=np.float32), [m for _, m in items()], encoder.version, factory)
     target = paths.index_dir(encoder.version)
-    writes.publish(index, target, store, force=cfg.force)
+    writes.publish(index, target, store, force=cfg.force, items=items if index.metadata is None else None)
     return {"version": encoder.version, "size": len(index), "factory": index.factory, "dim": index.dim,
             "path": str(target), "tuning": index.tuning, "chunks_computed": 0,
             "skipped": len(manifest.get("skipped", [])),
@@ -360,14 +374,25 @@ def _picture(uri: str | None, size: int) -> np.ndarray | None:
         return None
 
 
-def repair(model: str) -> dict:
-    """``byol index repair``: make a version's index log that is damaged in the middle usable again (every intact
-    record kept, in order; ``index.durable.repair``). ``model`` is a version, or a tag resolved in the store."""
-    from index.durable import repair as repair_log
+def repair(model: str | None, collection: bool = False) -> dict:
+    """``byol index repair``: recover a damaged item store, a version's (``model``: a version, or a tag resolved in
+    the store) or the collection's, keeping every row SQLite can still read (``index.repair.repair``,
+    ``index.collection.repair``)."""
+    from index.collection import repair as repair_collection
+    from index.repair import repair as repair_store
 
+    if collection:
+        return repair_collection(paths.collection_dir())
     directory = paths.index_dir(model.split(":")[-1])
-    if not DurableIndex.exists(directory):
+    if not DurableIndex.exists(directory) and not _damaged_store(directory):
         directory = paths.index_dir(open_encoder(model).version)
-    if not DurableIndex.exists(directory):
+    if not DurableIndex.exists(directory) and not _damaged_store(directory):
         raise IndexStoreError(f"no index for {model} at {directory}")
-    return {"path": str(directory / "wal.log"), **repair_log(directory)}
+    return repair_store(directory)
+
+
+def _damaged_store(directory: Path) -> bool:
+    from index.item_store import STORE_FILE
+    from index.repair import DAMAGED_SUFFIX
+
+    return (directory / (STORE_FILE + DAMAGED_SUFFIX)).is_file()

@@ -208,25 +208,30 @@ def test_index_export_writes_the_served_index_in_the_embed_folder_layout(embedde
     assert byol(["index", "export", "--model", embedded["tag"], "--out", str(tmp_path / "exp")]) != 0  # not overwritten
 
 
-def test_index_repair_names_itself_in_the_error_and_keeps_every_intact_record(capsys):
-    """A log damaged in the middle stops the open with the command to run; ``byol index repair`` then keeps the
-    records on both sides of the damage."""
-    from index.durable import WAL_FILE
-    from index.errors import IndexStoreError
+def test_index_repair_names_itself_in_the_error_and_keeps_every_readable_row(capsys):
+    """A damaged item store stops the read with the command to run; ``byol index repair`` then keeps every row on
+    the undamaged pages, and items and vectors agree again."""
+    from index.db import StoreDamagedError
+    from tests.index.test_store_faults import damage_a_page_holding
 
     version = "20990101-000000-repair00"
     directory = paths.index_dir(version)
     rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 8)).astype(np.float32)
     with DurableIndex.open(directory, dim=8, encoder_version=version, factory="Flat", create=True) as ix:
-        for uri in ("a", "b", "c"):
-            ix.add(rng.normal(size=(1, 8)).astype(np.float32), [{"uri": uri}], version)
-    log = directory / WAL_FILE
-    data = bytearray(log.read_bytes())
-    data[len(data) // 2] ^= 0xFF  # inside the middle record
-    log.write_bytes(bytes(data))
-    with pytest.raises(IndexStoreError, match=f"byol index repair --model {version}"):
-        DurableIndex.open(directory)
+        ix.add(x, [{"uri": f"u{i}", "label": "x" * 40} for i in range(400)], version)
+        ix.compact()
+    damage_a_page_holding(directory / "store.db", b"u200")
+    with pytest.raises(StoreDamagedError, match=f"byol index repair --model {version}"):
+        with DurableIndex.open(directory) as ix:
+            ix.search(x, 1, version)  # if the open did not read the damaged page, the hits' metadata does
     assert byol(["index", "repair", "--model", version]) == 0
-    assert "kept 2 intact records" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "repaired" in out and "store.db.damaged" in out
     with DurableIndex.open(directory, read_only=True) as ix:
-        assert sorted(m["uri"] for _, m in ix.items()) == ["a", "c"]
+        uris = {m["uri"] for _, m in ix.items()}
+        assert 300 < len(uris) < 400 and "u200" not in uris and len(ix) == len(uris)
+        hits = ix.search(x, 1, version)
+        assert all(h[0].metadata["uri"] == f"u{i}" for i, h in enumerate(hits) if f"u{i}" in uris)
+    assert byol(["index", "repair", "--model", version]) == 0
+    assert "nothing to repair" in capsys.readouterr().out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -13,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index.durable import WAL_FILE, DurableIndex
+from index.durable import DurableIndex
+from index.item_store import STORE_FILE
+from index.snapshot import snapshot_index
 from index.vector_index import IndexStoreError, VectorIndex, VersionMismatchError
 
 V = "enc-v1"
@@ -27,6 +30,12 @@ def vecs(n: int, seed: int = 0) -> np.ndarray:
 
 def open_new(path: Path, **kw) -> DurableIndex:
     return DurableIndex.open(path, dim=D, encoder_version=V, create=True, **kw)
+
+
+def log_rows(path: Path) -> int:
+    """Writes logged since the FAISS snapshot, read straight from the item store."""
+    with sqlite3.connect(path / STORE_FILE) as conn:
+        return conn.execute("SELECT count(*) FROM log").fetchone()[0]
 
 
 def test_adds_and_removes_survive_a_reopen_without_compaction(tmp_path):
@@ -47,31 +56,32 @@ def test_ids_continue_after_a_reopen(tmp_path):
 def test_compact_empties_the_log_and_keeps_everything(tmp_path):
     with open_new(tmp_path / "ix") as ix:
         ix.add(vecs(7), [{}] * 7, V)
+        assert log_rows(tmp_path / "ix") == 1
         ix.compact()
-        assert (tmp_path / "ix" / WAL_FILE).stat().st_size == 0
+        assert log_rows(tmp_path / "ix") == 0
     with DurableIndex.open(tmp_path / "ix") as back:
-        assert len(back) == 7
+        assert len(back) == 7 and len(list((tmp_path / "ix").glob("snap-*"))) == 1
 
 
-def test_log_records_already_in_the_snapshot_are_not_replayed(tmp_path):
-    """A crash between writing the snapshot and emptying the log must not add items twice."""
+def test_a_snapshot_the_store_never_named_is_ignored_and_removed(tmp_path):
+    """A crash after writing a snapshot but before the commit that names it: the old snapshot + log stay current."""
     with open_new(tmp_path / "ix") as ix:
         ix.add(vecs(4), [{}] * 4, V)
-        wal = (tmp_path / "ix" / WAL_FILE).read_bytes()
-        ix.compact()
-    (tmp_path / "ix" / WAL_FILE).write_bytes(wal)  # the old log is back, as after that crash
-    with DurableIndex.open(tmp_path / "ix") as back:
-        assert len(back) == 4
-
-
-def test_a_torn_log_tail_is_cut_and_earlier_records_kept(tmp_path):
-    with open_new(tmp_path / "ix") as ix:
-        ix.add(vecs(2), [{}] * 2, V)
+        stray = snapshot_index(ix._index, tmp_path / "ix")
         ix.add(vecs(2, 1), [{}] * 2, V)
-    wal = tmp_path / "ix" / WAL_FILE
-    wal.write_bytes(wal.read_bytes()[:-10])  # crash in the middle of the second append
+    assert (tmp_path / "ix" / stray).is_dir()
     with DurableIndex.open(tmp_path / "ix") as back:
-        assert len(back) == 2 and back.add(vecs(1, 2), [{}], V).tolist() == [2]
+        assert len(back) == 6 and not (tmp_path / "ix" / stray).exists()
+
+
+def test_a_compaction_writes_the_vectors_not_the_items(tmp_path):
+    """The snapshot holds the FAISS file and a small meta.json, whatever the items' metadata weighs."""
+    with open_new(tmp_path / "ix") as ix:
+        ix.add(vecs(50), [{"uri": f"u{i}", "note": "x" * 2000} for i in range(50)], V)
+        ix.compact()
+    [snap] = (tmp_path / "ix").glob("snap-*")
+    assert sorted(f.name for f in snap.iterdir()) == ["index.faiss", "meta.json"]
+    assert sum(f.stat().st_size for f in snap.iterdir()) < 50 * D * 4 + 50 * 8 + 4096
 
 
 def test_acknowledged_add_survives_kill_9(tmp_path):
@@ -188,5 +198,5 @@ def test_a_log_past_compact_bytes_is_snapshotted(tmp_path):
     with open_new(tmp_path / "ix") as ix:
         ix.compact_bytes = 1
         ix.add(vecs(3), [{}] * 3, V)
-        assert (tmp_path / "ix" / WAL_FILE).stat().st_size == 0
+        assert log_rows(tmp_path / "ix") == 0
     assert len(VectorIndex.load(tmp_path / "ix")) == 3

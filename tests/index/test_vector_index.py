@@ -212,3 +212,21 @@ def test_large_snapshots_are_mapped_by_default(tmp_path, monkeypatch):
     assert not VectorIndex.load(tmp_path / "ix").mmapped  # a few kB: read
     monkeypatch.setattr(snapshot, "MMAP_MIN_BYTES", 1)
     assert VectorIndex.load(tmp_path / "ix").mmapped
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW16"])
+def test_stored_vectors_are_found_by_id_without_a_reverse_map(factory):
+    """Flat/HNSW keep only the id of each position (IDMap, not IDMap2's ~50 MB per million hash map): a vector is
+    found by its id after removes, and in a tuned build whose held-out rows were added last (ids not ascending)."""
+    import faiss
+
+    x = clustered(3000)
+    idx = VectorIndex.build(x, [{"uri": f"u{i}"} for i in range(len(x))], V, factory=factory)
+    assert isinstance(idx._index, faiss.IndexIDMap) and not isinstance(idx._index, faiss.IndexIDMap2)
+    want = np.array([2999, 0, 1500, 17, 42])
+    np.testing.assert_allclose(idx.vectors(want), x[want], atol=1e-6)
+    if factory == "Flat":
+        idx.remove([0, 1, 2])
+        np.testing.assert_allclose(idx.vectors([3, 2999]), x[[3, 2999]], atol=1e-6)
+        with pytest.raises(IndexStoreError, match="no vector with id 1"):
+            idx.vectors([5, 1])
