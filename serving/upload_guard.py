@@ -10,7 +10,8 @@ and names the bound and its environment variable):
    token), so an unauthenticated client cannot make the server buffer or parse anything;
 4. a declared ``Content-Length`` over the route's limit → 413 before reading, and the body is counted while read;
 5. reading: a body must be in within ``BYOL_BODY_TIMEOUT_S`` in all (→ 408), however it trickles; one not in at
-   the first read holds a *reading* slot until it is (at most ``BYOL_MAX_READING``; one more → 503 with
+   the first read holds a *reading* slot until it is (at most ``BYOL_MAX_READING``; with none free a body gets
+   ``READING_GRACE_S`` to arrive without one, then 503 with
    ``Retry-After``): a body that came with its headers takes none;
 6. admission, once the body is in: at most ``BYOL_MAX_INFLIGHT`` requests in flight; one more is answered 503 with
    ``Retry-After`` at once (health, readiness, metrics and ``/info`` are never refused, here nor at step 5);
@@ -35,6 +36,7 @@ import asyncio
 import hmac
 import json
 import logging
+import time
 from dataclasses import dataclass
 
 from anyio import CapacityLimiter, to_thread
@@ -70,6 +72,7 @@ ROUTES: dict[str, RouteRule] = {
 }
 FILE_FIELDS: dict[str, frozenset[str]] = {path: r.form.files for path, r in ROUTES.items() if r.form}
 __all__ = ["ADMISSION", "FILE_FIELDS", "ROUTES", "UploadGuard", "part_problems"]
+READING_GRACE_S = 0.25  # with every reading slot taken, how long a body may take to arrive without one
 NEVER_REFUSED = frozenset({"/readyz", "/healthz", "/livez", "/metrics", "/info"})
 PASSED_ON = frozenset({"GET", "HEAD", "OPTIONS"})  # to any path: the app answers (its 404 for an unknown one)
 GONE = "client closed the request"
@@ -247,13 +250,22 @@ class UploadGuard:
 
     async def _read_in_time(self, receive, limit: int, variable: str, path: str) -> bytes | None:
         """The whole body (None: the client left), in within ``body_timeout_s`` (one deadline for all of it, however
-        it trickles), else 408. A body not in at the first read holds a reading slot until it is (none free: 503)."""
-        seconds, reading = self.limits.body_timeout_s, False
+        it trickles), else 408. A body not in at the first read holds a reading slot until it is; with none free it
+        gets ``READING_GRACE_S`` to arrive without one (a real client's body follows its headers at once: tricklers
+        holding every slot must not turn it away), then 503."""
+        seconds, reading, grace = self.limits.body_timeout_s, False, None
         chunks, size, more = [], 0, True
         try:
             async with asyncio.timeout(seconds):
                 while more:
-                    message = await receive()
+                    if grace is None:
+                        message = await receive()
+                    else:
+                        try:
+                            message = await asyncio.wait_for(receive(), max(0.0, grace - time.monotonic()))
+                        except TimeoutError:
+                            reading, grace = self._start_reading(path), None  # a slot freed meanwhile, or 503
+                            continue
                     if message["type"] == "http.disconnect":
                         return None
                     chunks.append(message.get("body", b""))
@@ -261,8 +273,11 @@ class UploadGuard:
                     if size > limit:
                         raise EdgeError(413, f"request body larger than the limit of {limit} bytes ({variable})")
                     more = message.get("more_body", False)
-                    if more and not reading:
-                        reading = self._start_reading(path)
+                    if more and not reading and grace is None:
+                        if path in NEVER_REFUSED or self.admission.reading < self.limits.max_reading:
+                            reading = self._start_reading(path)
+                        else:
+                            grace = time.monotonic() + READING_GRACE_S
         except TimeoutError:
             self.admission.timed_out += 1
             raise EdgeError(408, f"request body not fully received within {seconds} s (BYOL_BODY_TIMEOUT_S)") \

@@ -151,9 +151,26 @@ async def slow_attack(live) -> dict:
         t0 = time.monotonic()
         r = await http.post("/embed", files={"image": ("ok.png", GOOD)})
         out["embed"] = (r.status_code, r.text, time.monotonic() - t0)
+        out["late_body"] = await late_body(port, 0.05)
         out["one_more"] = await trickle(port, DEADLINE_S + 10)
     out["tricklers"] = await asyncio.gather(*tricklers)
     return out
+
+
+async def late_body(port: int, after: float) -> tuple[int | None, str]:
+    """A real /embed whose body follows its headers ``after`` seconds later (two writes) → (status, body)."""
+    body = (f"--{B}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n"
+            "Content-Type: image/png\r\n\r\n").encode() + GOOD + f"\r\n--{B}--\r\n".encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head("/embed", len(body)))
+    await writer.drain()
+    await asyncio.sleep(after)
+    writer.write(body)
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(1 << 20), 30)
+    writer.close()
+    status, _, text = parse(data)
+    return status, text
 
 
 def test_slow_bodies_cannot_take_the_slots_real_requests_need(live):
@@ -161,6 +178,8 @@ def test_slow_bodies_cannot_take_the_slots_real_requests_need(live):
     status, text, seconds = out["embed"]
     print(f"\n/embed answered {status} in {seconds * 1000:.0f} ms while {READING} tricklers held connections "
           f"({INFLIGHT} in-flight slots); admission then: {out['admission']}")
+    assert status == 200, text
+    status, text = out["late_body"]  # its body not in at the first read, every reading slot taken: still served
     assert status == 200, text
     assert out["admission"]["reading"] == READING and out["admission"]["inflight"] == 0, out
     status, text, seconds = out["one_more"]

@@ -270,8 +270,8 @@ def test_a_body_not_in_by_the_deadline_is_408_however_it_trickles():
 
 def test_slow_bodies_hold_reading_slots_never_in_flight_ones():
     """One in-flight slot, eight slow bodies: a whole request still gets in (a body in at its first read takes no
-    reading slot); past the reading bound a slow body is refused with 503 naming BYOL_MAX_READING; health is never
-    refused."""
+    reading slot); past the reading bound a slow body gets the grace (one more read, READING_GRACE_S) and is then
+    refused with 503 naming BYOL_MAX_READING; health is never refused."""
     guard = UploadGuard(answering_app, Limits(max_inflight=1, max_reading=8))
     slow = [Client("/embed", [b"x", b"y"], gap=None) for _ in range(8)]
     late, whole = Client("/embed", [b"x", b"y"], gap=None), Client("/search_by_id", [b"{}"])
@@ -286,7 +286,7 @@ def test_slow_bodies_hold_reading_slots_never_in_flight_ones():
 
     run_guard(guard, slow, then)
     assert late.status == 503 and "BYOL_MAX_READING" in late.error and late.headers[b"retry-after"] == b"1"
-    assert late.reads == 1 and late.headers[b"connection"] == b"close"
+    assert late.reads == 2 and late.headers[b"connection"] == b"close"  # its first read, then the grace's
     assert whole.status == 200 and health.status is None and health.reads == 2  # waiting for its body, not refused
     assert all(c.status is None for c in slow) and guard.admission.reading == 0
 
