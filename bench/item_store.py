@@ -138,7 +138,10 @@ def peak_of(cmd: list[str], env: dict) -> tuple[float, str, int]:
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = 0
     while proc.poll() is None:
-        peak = max(peak, rss_kb([proc.pid, *descendants(proc.pid)]))
+        try:
+            peak = max(peak, rss_kb([proc.pid, *descendants(proc.pid)]))
+        except (KeyError, OSError):  # a process exiting between the listing and the read (no VmRSS any more)
+            pass
         time.sleep(0.05)
     stdout, stderr = proc.communicate()
     if proc.returncode != 0:

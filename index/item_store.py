@@ -187,6 +187,15 @@ class ItemStore:
                       (seq, np.ascontiguousarray(ids, dtype=np.int64).tobytes(),
                        np.ascontiguousarray(vectors, dtype=np.float32).tobytes()))
 
+    def all_ids(self) -> list[int]:
+        return [int(r[0]) for r in self._q("SELECT id FROM items")]
+
+    def delete_items(self, ids: list[int]) -> None:
+        """Items deleted without a log row (a repair: their vectors are gone already)."""
+        with self._tx() as c:
+            for part in db.chunks(ids):
+                c.execute(f"DELETE FROM items WHERE id IN ({db.marks(len(part))})", part)
+
     def remove(self, seq: int, ids: list[int]) -> None:
         """One committed transaction: the items go, and the log row that takes their vectors out of FAISS."""
         with self._tx() as c:

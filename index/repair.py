@@ -103,12 +103,10 @@ def _agree(directory: Path, file: str) -> dict:
             seq = row_seq
         index.next_id = max(index.next_id, top + 1, store.max_id() + 1)
         live = set(index.live_ids().tolist())
-        have = {int(r[0]) for r in store._q("SELECT id FROM items")}
+        have = set(store.all_ids())
         no_vector, no_item = sorted(have - live), sorted(live - have)
         if no_vector:
-            with store._tx() as c:
-                for part in db.chunks(no_vector):
-                    c.execute(f"DELETE FROM items WHERE id IN ({db.marks(len(part))})", part)
+            store.delete_items(no_vector)
         if no_item:
             index.remove(no_item)
         name = snapshot_index(index, directory, {"log_seq": seq})
