@@ -45,6 +45,10 @@ DEFAULT_COMPACT_BYTES = 64 * 2**20  # log size past which a write snapshots (the
 TOMBSTONE_REBUILD_FRACTION = 0.1  # HNSW: rebuild without tombstones at a snapshot past this share of dead items
 
 
+class IndexLockedError(IndexStoreError):
+    """Another process holds the directory's writer lock (a running server)."""
+
+
 class DurableIndex:
     """Thread-safe :class:`VectorIndex` living in one directory, its items and write log in an item store."""
 
@@ -137,6 +141,8 @@ class DurableIndex:
             )
         try:
             durable = cls.open(directory)
+        except IndexLockedError:
+            raise  # a server holds it: never pulled from under it
         except IndexStoreError as exc:  # a lost or damaged store: --force rebuilds the directory from scratch
             log.warning("%s cannot be opened (%s); --force replaces it whole", directory, exc)
             shutil.rmtree(directory)
@@ -369,7 +375,7 @@ def _take_lock(directory: Path) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise IndexStoreError(
+        raise IndexLockedError(
             f"index {directory} is open for writing by another process (open it read_only to search)"
         ) from None
     return fd

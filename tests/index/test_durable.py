@@ -200,3 +200,23 @@ def test_a_log_past_compact_bytes_is_snapshotted(tmp_path):
         ix.add(vecs(3), [{}] * 3, V)
         assert log_rows(tmp_path / "ix") == 0
     assert len(VectorIndex.load(tmp_path / "ix")) == 3
+
+
+def test_a_forced_rebuild_never_pulls_an_index_from_under_its_writer(tmp_path):
+    """--force rebuilds a lost or damaged store from scratch, but a directory another process writes is refused."""
+    from index.durable import IndexLockedError
+
+    with open_new(tmp_path / "ix") as ix:
+        ix.add(vecs(3), [{"uri": f"u{i}"} for i in range(3)], V)
+        script = ("import sys, numpy as np; from index.durable import DurableIndex; from index.vector_index import "
+                  "VectorIndex; DurableIndex.publish(VectorIndex.build(np.eye(16, dtype=np.float32), [{}] * 16, "
+                  "'enc-v1'), sys.argv[1], force=True)")
+        repo = Path(__file__).resolve().parents[2]
+        out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "ix")], capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": str(repo)})
+        assert out.returncode != 0 and IndexLockedError.__name__ in out.stderr
+        assert len(ix) == 3 and (tmp_path / "ix" / STORE_FILE).is_file()
+    (tmp_path / "ix" / STORE_FILE).unlink()  # a lost store: --force rebuilds it whole
+    DurableIndex.publish(VectorIndex.build(vecs(5, 3), [{"uri": "new"}] * 5, V), tmp_path / "ix", force=True)
+    with DurableIndex.open(tmp_path / "ix") as back:
+        assert len(back) == 5 and back.metadata(0)["uri"] == "new"
