@@ -121,13 +121,12 @@ def tree_cmd(tree: Path, *args: str) -> list[str]:
     return ["env", "-C", str(tree), f"PYTHONPATH={tree}", sys.executable, *args]
 
 
-def timed_run(cmd: list[str], env: dict) -> tuple[float, str, int]:
-    """Wall seconds, stdout and peak RSS (bytes) of a command (GNU time's %M where present, else 0)."""
-    t0 = time.perf_counter()
+def probe(cmd: list[str], env: dict) -> dict:
+    """The JSON line a probe script prints last (it times itself)."""
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[-6:])} failed: {out.stderr[-3000:]}")
-    return time.perf_counter() - t0, out.stdout, 0
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def peak_of(cmd: list[str], env: dict) -> tuple[float, str, int]:
@@ -221,9 +220,8 @@ def measure(tree: Path, label: str, n: int, emb: Path, tag: str, version: str, r
     directory = home / "indexes" / version
     row["store_bytes"] = sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
     log.info("%s, %d items: open", label, n)
-    _, out, _ = timed_run(tree_cmd(tree, "-c", OPEN_PROBE, str(directory), "ro"), env)
-    probe = json.loads(out.strip().splitlines()[-1])
-    row["open_s"], row["open_rss_beyond_vectors_bytes"] = probe["open_s"], probe["rss_bytes"] - vec_bytes
+    opened = probe(tree_cmd(tree, "-c", OPEN_PROBE, str(directory), "ro"), env)
+    row["open_s"], row["open_rss_beyond_vectors_bytes"] = opened["open_s"], opened["rss_bytes"] - vec_bytes
     log.info("%s, %d items: serve", label, n)
     port = srv.free_port()
     t0 = time.perf_counter()
@@ -242,8 +240,7 @@ def measure(tree: Path, label: str, n: int, emb: Path, tag: str, version: str, r
     for key in ("rss_ready_bytes", "rss_after_search_bytes", "rss_after_add_bytes"):
         row[key.replace("_bytes", "_beyond_vectors_mb_per_m")] = round((row[key] - vec_bytes) / 2**20 / (n / 1e6), 1)
     log.info("%s, %d items: compaction", label, n)
-    _, out, _ = timed_run(tree_cmd(tree, "-c", COMPACT_PROBE, str(directory)), env)
-    row.update(json.loads(out.strip().splitlines()[-1]))
+    row.update(probe(tree_cmd(tree, "-c", COMPACT_PROBE, str(directory)), env))
     row["index_dir"] = str(directory)
     return row
 
@@ -253,10 +250,9 @@ def convert(n: int, old_dir: Path, root: Path) -> dict:
     copy = root / f"convert-{n}" / old_dir.name
     shutil.rmtree(copy.parent, ignore_errors=True)
     shutil.copytree(old_dir, copy)
-    _, out, _ = timed_run(tree_cmd(REPO, "-c", OPEN_PROBE, str(copy), "rw"), os.environ.copy())
-    probe = json.loads(out.strip().splitlines()[-1])
+    opened = probe(tree_cmd(REPO, "-c", OPEN_PROBE, str(copy), "rw"), os.environ.copy())
     shutil.rmtree(copy.parent, ignore_errors=True)
-    return {"items": n, "convert_and_open_s": round(probe["open_s"], 2), "items_after": probe["items"]}
+    return {"items": n, "convert_and_open_s": round(opened["open_s"], 2), "items_after": opened["items"]}
 
 
 def mb(x: float) -> str:

@@ -110,8 +110,7 @@ class Collection:
         """Write the database complete under a temporary name (with what an old layout holds), then rename it."""
         items, roots = legacy.old_collection(self.root) if legacy.is_old_collection(self.root, DB_FILE) else ([], {})
         tmp = self.root / f".{DB_FILE}.tmp"
-        for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
-            leftover.unlink(missing_ok=True)
+        db.remove_database(tmp)
         conn = db.connect(tmp, create=True)
         try:
             conn.executescript(SCHEMA)
@@ -314,33 +313,18 @@ def _relative(path: Path, root: Path) -> str | None:
 
 
 def repair(root: str | os.PathLike) -> dict:
-    """Recover a damaged ``collection.db``: every row SQLite can still read is kept (``index.db.salvage``), the
+    """Recover a damaged ``collection.db``: every row SQLite can still read is kept (``index.db.repair_file``), the
     damaged file kept beside it as ``collection.db.damaged``. Stop the server first. A lost item is re-added by the
     next ``byol index add`` / upload of it; the indexes still hold their own items."""
     root = Path(root)
-    path, damaged = root / DB_FILE, root / f"{DB_FILE}.damaged"
-    if path.is_file():
+
+    def problems() -> list[str]:
         try:
             store = Collection(root)
-            problems = store.check()
+            found = store.check()
             store.close()
+            return found
         except (IndexStoreError, CollectionError) as exc:
-            problems = [str(exc)]
-        if not problems:
-            return {"path": str(path), "problems": [], "repaired": False}
-        for suffix in ("", "-wal", "-shm"):
-            if Path(f"{path}{suffix}").exists():
-                os.replace(f"{path}{suffix}", f"{damaged}{suffix}")
-    elif not damaged.is_file():
-        raise CollectionError(f"no collection database at {path} (nor {damaged.name}) to repair")
-    else:
-        problems = [f"{DB_FILE} missing (a repair was interrupted)"]
-    tmp = root / ".repair.db"
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{tmp}{suffix}").unlink(missing_ok=True)
-    kept = db.salvage(damaged, tmp, SCHEMA, ["items", "roots"])
-    fsync_file(tmp)
-    os.rename(tmp, path)
-    fsync_dir(root)
-    log.warning("%s repaired: %s", path, kept)
-    return {"path": str(path), "problems": problems, "repaired": True, "kept": kept, "damaged_copy": str(damaged)}
+            return [str(exc)]
+
+    return db.repair_file(root / DB_FILE, SCHEMA, ["items", "roots"], problems, error=CollectionError)

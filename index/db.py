@@ -16,17 +16,23 @@ most tested storage engine there is, in the standard library. Every database her
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from index.errors import IndexStoreError
+from index.fsio import fsync_dir, fsync_file
+
+log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 30_000  # another process's transaction (a CLI add beside the server) is waited for, not refused
 DAMAGED = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
 SALVAGE_STEP = 50_000  # rowids read at a time when salvaging a damaged database
+DAMAGED_SUFFIX = ".damaged"  # what a repair keeps of a damaged database, beside it
+SIDE_FILES = ("", "-wal", "-shm")  # a database in WAL mode is its file and these two beside it
 
 
 class StoreDamagedError(IndexStoreError):
@@ -154,3 +160,39 @@ def _copy_range(src: sqlite3.Connection, out: sqlite3.Connection, table: str, co
     out.executemany(f"INSERT OR IGNORE INTO {table} ({names}) VALUES ({marks(len(cols))})", rows)
     out.execute("COMMIT")
     return len(rows)
+
+
+def remove_database(path: str | os.PathLike) -> None:
+    """A database and its WAL side files gone (a temporary one a crash left)."""
+    for suffix in SIDE_FILES:
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def repair_file(path: Path, schema: str, tables: list[str], problems: Callable[[], list[str]],
+                agree: Callable[[Path], dict] | None = None, error: type[Exception] = IndexStoreError) -> dict:
+    """The repair of one database, by whoever owns it (an index's item store, the collection): when
+    ``problems()`` finds any, the file (and its WAL) is set aside as ``<name>.damaged``, every readable row of
+    ``tables`` salvaged into a temporary database, ``agree(tmp)`` run on it (what else must match it), and the
+    result renamed into place — the commit point; a repair interrupted before it is resumed from the damaged copy."""
+    damaged = path.with_name(path.name + DAMAGED_SUFFIX)
+    if path.is_file():
+        found = problems()
+        if not found:
+            return {"path": str(path), "problems": [], "repaired": False}
+        for suffix in SIDE_FILES:
+            if Path(f"{path}{suffix}").exists():
+                os.replace(f"{path}{suffix}", f"{damaged}{suffix}")
+    elif not damaged.is_file():
+        raise error(f"no database at {path} (nor {damaged.name}) to repair")
+    else:
+        found = [f"{path.name} missing (a repair was interrupted)"]
+    tmp = path.with_name(".repair.db")
+    remove_database(tmp)
+    kept = salvage(damaged, tmp, schema, tables)
+    extra = agree(tmp) if agree is not None else {}
+    fsync_file(tmp)
+    os.rename(tmp, path)
+    fsync_dir(path.parent)
+    log.warning("%s repaired: %s", path, {**kept, **extra})
+    return {"path": str(path), "problems": found, "repaired": True, "kept": kept, **extra,
+            "damaged_copy": str(damaged)}

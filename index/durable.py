@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from index import legacy
+from index import db, legacy
 from index.fsio import atomic_publish_dir
 from index.item_store import REPAIR, STORE_FILE, ItemStore
 from index.rwlock import RWLock
@@ -121,7 +121,7 @@ class DurableIndex:
         :meth:`open` says which file is missing)."""
         directory = Path(directory)
         return ((directory / STORE_FILE).is_file() or (directory / legacy.CURRENT).is_file()
-                or (directory / (STORE_FILE + ".damaged")).is_file())
+                or (directory / (STORE_FILE + db.DAMAGED_SUFFIX)).is_file())
 
     @classmethod
     def publish(cls, index: VectorIndex, directory: str | os.PathLike, force: bool = False, items=None) -> None:

@@ -43,6 +43,11 @@ REPAIR = ("stop the server, then recover it with: byol index repair --model {ver
 LogRow = tuple[int, str, np.ndarray, "np.ndarray | None"]
 
 
+def _delete(conn: sqlite3.Connection, ids: list[int]) -> None:
+    for part in db.chunks(ids):
+        conn.execute(f"DELETE FROM items WHERE id IN ({db.marks(len(part))})", part)
+
+
 def _meta_row(item_id: int, meta: dict) -> tuple:
     label = meta.get("label")
     return int(item_id), meta.get("uri"), None if label is None else str(label), json.dumps(meta)
@@ -193,14 +198,12 @@ class ItemStore:
     def delete_items(self, ids: list[int]) -> None:
         """Items deleted without a log row (a repair: their vectors are gone already)."""
         with self._tx() as c:
-            for part in db.chunks(ids):
-                c.execute(f"DELETE FROM items WHERE id IN ({db.marks(len(part))})", part)
+            _delete(c, ids)
 
     def remove(self, seq: int, ids: list[int]) -> None:
         """One committed transaction: the items go, and the log row that takes their vectors out of FAISS."""
         with self._tx() as c:
-            for part in db.chunks(ids):
-                c.execute(f"DELETE FROM items WHERE id IN ({db.marks(len(part))})", part)
+            _delete(c, ids)
             c.execute("INSERT INTO log (seq, op, ids, vectors) VALUES (?, 'remove', ?, NULL)",
                       (seq, np.asarray(ids, dtype=np.int64).tobytes()))
 

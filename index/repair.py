@@ -15,14 +15,10 @@ from pathlib import Path
 from index import db
 from index.durable import _load, _take_lock
 from index.errors import IndexStoreError
-from index.fsio import fsync_dir, fsync_file
 from index.item_store import SCHEMA, STORE_FILE, ItemStore
 from index.snapshot import drop_others, open_index, snapshot_index, store_info
 
 log = logging.getLogger(__name__)
-
-DAMAGED_SUFFIX = ".damaged"  # what repair keeps of a damaged store, beside it
-
 
 def repair(directory: str | os.PathLike) -> dict:
     """Recover a damaged item store: keep every row SQLite can still read, then make items and vectors agree.
@@ -33,32 +29,10 @@ def repair(directory: str | os.PathLike) -> dict:
     damaged file is kept beside it as ``store.db.damaged``. Returns what was found and kept.
     """
     directory = Path(directory)
-    path = directory / STORE_FILE
-    damaged = directory / (STORE_FILE + DAMAGED_SUFFIX)
     lock_fd = _take_lock(directory)
     try:
-        if path.is_file():
-            problems = _problems(directory)
-            if not problems:
-                return {"path": str(path), "problems": [], "repaired": False}
-            for suffix in ("", "-wal", "-shm"):
-                if Path(f"{path}{suffix}").exists():
-                    os.replace(f"{path}{suffix}", f"{damaged}{suffix}")
-        elif not damaged.is_file():
-            raise IndexStoreError(f"no item store at {path} (nor {damaged.name}) to repair")
-        else:
-            problems = [f"{path.name} missing (a repair was interrupted)"]
-        tmp = directory / ".repair.db"
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{tmp}{suffix}").unlink(missing_ok=True)
-        kept = db.salvage(damaged, tmp, SCHEMA, ["info", "items", "log"])
-        dropped = _agree(directory, tmp.name)
-        fsync_file(tmp)
-        os.rename(tmp, path)
-        fsync_dir(directory)
-        log.warning("%s repaired: %s", path, {**kept, **dropped})
-        return {"path": str(path), "problems": problems, "repaired": True, "kept": kept, **dropped,
-                "damaged_copy": str(damaged)}
+        return db.repair_file(directory / STORE_FILE, SCHEMA, ["info", "items", "log"],
+                              lambda: _problems(directory), lambda tmp: _agree(directory, tmp.name))
     finally:
         os.close(lock_fd)
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from index.chooser import parse_factory
+from index.db import remove_database
 from index.errors import IndexStoreError
 from index.fsio import fsync_dir, fsync_file, now_iso
 from index.item_store import STORE_FILE, ItemStore
@@ -149,8 +150,8 @@ def save_index(index: VectorIndex, directory: str | os.PathLike,
     name = snapshot_index(index, directory)
     exists = (directory / STORE_FILE).is_file()
     file = STORE_FILE if exists else f".{STORE_FILE}.tmp"
-    for leftover in ([] if exists else [file, f"{file}-wal", f"{file}-shm"]):
-        (directory / leftover).unlink(missing_ok=True)
+    if not exists:
+        remove_database(directory / file)
     store = ItemStore(directory, create=not exists, version=index.encoder_version, file=file)
     try:
         store.replace_all(rows, name, 0, store_info(index))

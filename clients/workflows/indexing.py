@@ -384,15 +384,9 @@ def repair(model: str | None, collection: bool = False) -> dict:
     if collection:
         return repair_collection(paths.collection_dir())
     directory = paths.index_dir(model.split(":")[-1])
-    if not DurableIndex.exists(directory) and not _damaged_store(directory):
+    if not DurableIndex.exists(directory):  # a damaged store set aside counts: a repair may resume
         directory = paths.index_dir(open_encoder(model).version)
-    if not DurableIndex.exists(directory) and not _damaged_store(directory):
+    if not DurableIndex.exists(directory):
         raise IndexStoreError(f"no index for {model} at {directory}")
     return repair_store(directory)
 
-
-def _damaged_store(directory: Path) -> bool:
-    from index.item_store import STORE_FILE
-    from index.repair import DAMAGED_SUFFIX
-
-    return (directory / (STORE_FILE + DAMAGED_SUFFIX)).is_file()
